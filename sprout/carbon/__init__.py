@@ -1,0 +1,1 @@
+"""Carbon intensity: readings, providers and the cached signal."""

@@ -1,0 +1,1 @@
+"""The carbon ledger: schema, buffered writer, audit queries."""

@@ -1,0 +1,1 @@
+"""Policies that choose a directive for each request."""

@@ -1,0 +1,50 @@
+"""The policy base class: choose a directive for one request."""
+
+from __future__ import annotations
+
+import abc
+import random
+from dataclasses import dataclass
+
+from sprout.directives import Directive
+
+
+@dataclass(frozen=True)
+class CarbonContext:
+    """What a policy knows about the grid when it decides.
+
+    Attributes:
+        ci_g_per_kwh: the carbon intensity now.
+        ci_min, ci_max, ci_mean: over the history window the policy is told to use.
+    """
+
+    ci_g_per_kwh: float
+    ci_min: float
+    ci_max: float
+    ci_mean: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's choice for one request.
+
+    Attributes:
+        directive: the directive to apply.
+        reason: short machine-readable tag (``lp-mix``, ``opt-out``, ``fallback``...).
+        mix: the population mix the directive was drawn from, if any.
+    """
+
+    directive: Directive
+    reason: str
+    mix: tuple[float, ...] | None = None
+
+
+class Policy(abc.ABC):
+    """Chooses a directive per request from the prompt and the carbon context."""
+
+    #: Name recorded in receipts and policy versions.
+    kind: str = "abstract"
+
+    @abc.abstractmethod
+    def decide(self, prompt: str, carbon: CarbonContext, rng: random.Random) -> Decision:
+        """Choose the directive for ``prompt``."""

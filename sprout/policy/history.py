@@ -1,0 +1,48 @@
+"""A trailing window of hourly carbon intensity (pure, no I/O)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from datetime import datetime
+
+from sprout.policy.base import CarbonContext
+
+
+class CIWindow:
+    """The last ``hours`` hourly readings, for the optimizer's CI min, max and mean.
+
+    Readings are keyed by hour: a second reading for an hour already seen replaces it,
+    so polling more often than hourly does not skew the statistics.
+    """
+
+    def __init__(self, hours: int) -> None:
+        if hours < 1:
+            raise ValueError(f"window must hold at least one hour, got {hours}")
+        self.hours = hours
+        self._values: deque[tuple[datetime, float]] = deque(maxlen=hours)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, hour: datetime, ci_g_per_kwh: float) -> None:
+        """Record the intensity of the hour starting at ``hour`` (later hours last)."""
+        if not math.isfinite(ci_g_per_kwh) or ci_g_per_kwh < 0:
+            raise ValueError(f"carbon intensity must be finite and >= 0, got {ci_g_per_kwh!r}")
+        hour = hour.replace(minute=0, second=0, microsecond=0)
+        if self._values and self._values[-1][0] == hour:
+            self._values[-1] = (hour, ci_g_per_kwh)
+        elif self._values and hour < self._values[-1][0]:
+            return  # an older hour arriving late adds nothing to a trailing window
+        else:
+            self._values.append((hour, ci_g_per_kwh))
+
+    def context(self, ci_g_per_kwh: float) -> CarbonContext:
+        """The carbon context for ``ci_g_per_kwh`` now, including it in min/max/mean."""
+        values = [v for _, v in self._values] or [ci_g_per_kwh]
+        return CarbonContext(
+            ci_g_per_kwh=ci_g_per_kwh,
+            ci_min=min(min(values), ci_g_per_kwh),
+            ci_max=max(max(values), ci_g_per_kwh),
+            ci_mean=sum(values) / len(values),
+        )

@@ -1,0 +1,75 @@
+"""The carbon receipt: what the ledger stores for one request (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One request's carbon receipt.
+
+    Energy carries its ``energy_source`` (``measured-nvml``, ``measured-rapl``, ``recorded``
+    or ``estimated``); the carbon intensity carries its provider, signal and emission-factor
+    type, its age at use and which layer of the signal supplied it (``ci_fallback``:
+    ``provider``, ``cache`` or ``default``). ``baseline_*`` is the always-L0 counterfactual
+    for the same prompt, when it is known, and how it was obtained.
+    """
+
+    request_id: str
+    created_at: datetime
+    directive: str
+    decision: str
+    engine: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    energy_kwh: float
+    energy_source: str
+    ci_g_per_kwh: float
+    ci_zone: str
+    ci_provider: str
+    ci_signal_type: str
+    ci_emission_factor: str
+    ci_time: datetime
+    ci_age_s: float
+    ci_fallback: str
+    operational_g: float
+    embodied_g: float
+    tenant: str | None = None
+    variant: str | None = None
+    policy_version: int | None = None
+    energy_device: str = ""
+    baseline_energy_kwh: float | None = None
+    baseline_g: float | None = None
+    baseline_source: str | None = None
+    prompt_id: str | None = None
+
+    @property
+    def total_g(self) -> float:
+        """Operational plus embodied carbon, gCO2e."""
+        return self.operational_g + self.embodied_g
+
+    @property
+    def saving_g(self) -> float | None:
+        """Carbon saved against the always-L0 counterfactual, when that is known."""
+        return None if self.baseline_g is None else self.baseline_g - self.total_g
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (datetimes as ISO 8601 strings)."""
+        out = asdict(self)
+        for key in ("created_at", "ci_time"):
+            out[key] = out[key].isoformat()
+        return out
+
+    @classmethod
+    def from_json_dict(cls, raw: dict[str, Any]) -> Receipt:
+        """Inverse of :meth:`to_json_dict`; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in raw.items() if k in known}
+        for key in ("created_at", "ci_time"):
+            data[key] = datetime.fromisoformat(data[key])
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""Trace-driven evaluation of policies (the Sprout protocol)."""
