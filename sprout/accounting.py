@@ -26,7 +26,7 @@ SPROUT_LIFETIME_YEARS = 5.0
 
 def j_to_kwh(energy_j: float) -> float:
     """Joules to kilowatt-hours."""
-    return energy_j * KWH_PER_J
+    return energy_j / J_PER_KWH  # dividing by the exact integer rounds once
 
 
 def kwh_to_j(energy_kwh: float) -> float:

@@ -81,10 +81,16 @@ class Settings:
             ("embodied_g", self.embodied_g >= 0, "must be >= 0"),
             ("lifetime_years", self.lifetime_years > 0, "must be > 0"),
             ("ledger_flush_interval_s", self.ledger_flush_interval_s > 0, "must be > 0"),
-            ("carbon_column", self.carbon_column in ("ci_direct", "ci_lca"),
-             "must be 'ci_direct' or 'ci_lca'"),
-            ("carbon_provider", self.carbon_provider in ("trace", "static"),
-             "must be 'trace' or 'static'"),
+            (
+                "carbon_column",
+                self.carbon_column in ("ci_direct", "ci_lca"),
+                "must be 'ci_direct' or 'ci_lca'",
+            ),
+            (
+                "carbon_provider",
+                self.carbon_provider in ("trace", "static"),
+                "must be 'trace' or 'static'",
+            ),
         )
         for name, ok, problem in checks:
             if not ok:
@@ -148,9 +154,8 @@ def load_settings(
     if path:
         for key, value in _from_toml(Path(path)).items():
             if key not in kinds:
-                raise ConfigError(
-                    f"config file {path}: unknown setting {key!r}; known: {', '.join(sorted(kinds))}"
-                )
+                known = ", ".join(sorted(kinds))
+                raise ConfigError(f"config file {path}: unknown setting {key!r}; known: {known}")
             values[key] = _coerce(key, kinds[key], value, f"config file {path}")
     for name, kind in kinds.items():
         var = f"SPROUT_{name.upper()}"

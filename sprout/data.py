@@ -60,7 +60,7 @@ def default_policy_path() -> Path:
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")  # type: ignore[return-value]
-    return open(path, encoding="utf-8")  # noqa: SIM115 - caller closes
+    return open(path, encoding="utf-8")
 
 
 def _find(stem: Path) -> Path:

@@ -126,9 +126,7 @@ class DirectiveSet:
             raise PolicyFileError(source, unknown[0], "unknown top-level key")
         entries = doc.get("directive")
         if not isinstance(entries, list) or not entries:
-            raise PolicyFileError(
-                source, "directive", "expected one or more [[directive]] tables"
-            )
+            raise PolicyFileError(source, "directive", "expected one or more [[directive]] tables")
         return cls(tuple(_parse_directive(e, i, source) for i, e in enumerate(entries)), source)
 
     @classmethod
@@ -160,7 +158,9 @@ def _parse_directive(entry: object, i: int, source: str) -> Directive:
     unknown = sorted(set(entry) - _DIRECTIVE_KEYS)
     if unknown:
         raise PolicyFileError(
-            source, f"{at}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(_DIRECTIVE_KEYS))}"
+            source,
+            f"{at}.{unknown[0]}",
+            f"unknown key; allowed: {', '.join(sorted(_DIRECTIVE_KEYS))}",
         )
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -170,7 +170,9 @@ def _parse_directive(entry: object, i: int, source: str) -> Directive:
         raise PolicyFileError(source, f"{at}.system_prompt", "must be a string")
     cap = entry.get("max_new_tokens")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise PolicyFileError(source, f"{at}.max_new_tokens", f"must be an integer >= 1, got {cap!r}")
+        raise PolicyFileError(
+            source, f"{at}.max_new_tokens", f"must be an integer >= 1, got {cap!r}"
+        )
     variant = entry.get("variant")
     if variant is not None and (not isinstance(variant, str) or not variant.strip()):
         raise PolicyFileError(source, f"{at}.variant", "must be a non-empty string")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 SignalType = Literal["average", "marginal"]
@@ -44,7 +44,9 @@ class CarbonReading:
         if self.time.tzinfo is None:
             raise ValueError("reading time must be timezone-aware (UTC)")
         if self.signal_type not in ("average", "marginal"):
-            raise ValueError(f"signal_type must be 'average' or 'marginal', got {self.signal_type!r}")
+            raise ValueError(
+                f"signal_type must be 'average' or 'marginal', got {self.signal_type!r}"
+            )
         if self.emission_factor not in ("direct", "lifecycle"):
             raise ValueError(
                 f"emission_factor must be 'direct' or 'lifecycle', got {self.emission_factor!r}"
@@ -57,7 +59,7 @@ class CarbonReading:
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class CarbonProvider(abc.ABC):

@@ -11,7 +11,7 @@ import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,9 @@ def load_trace(zone_or_path: str | Path, column: str = "ci_direct") -> CarbonTra
     try:
         with open_text(path) as fh:
             reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
+            if reader.fieldnames is None:
+                raise TraceError(f"{path}: empty file (no header, no data)")
+            header = reader.fieldnames
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if missing:
                 raise TraceError(
@@ -136,14 +138,22 @@ def load_trace(zone_or_path: str | Path, column: str = "ci_direct") -> CarbonTra
     return CarbonTrace(zones.pop(), start, values, column, str(path))
 
 
+def _utc_hour(when: datetime) -> datetime:
+    """Start of the UTC hour containing ``when`` (aware datetimes in any zone; a zone with a
+    half-hour offset would otherwise put the hour's start 30 minutes off)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.replace(minute=0, second=0, microsecond=0)
+
+
 def _parse_time(raw: str | None, path: Path, line: int) -> datetime:
     try:
         stamp = datetime.fromisoformat((raw or "").strip().replace("Z", "+00:00"))
     except ValueError:
         raise TraceError(f"{path}:{line}: datetime_utc is not a date-time: {raw!r}") from None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.astimezone(timezone.utc)
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC)
 
 
 class TraceProvider(CarbonProvider):
@@ -166,7 +176,9 @@ class TraceProvider(CarbonProvider):
 
     @classmethod
     def from_source(
-        cls, zone_or_path: str | Path, column: str = "ci_direct",
+        cls,
+        zone_or_path: str | Path,
+        column: str = "ci_direct",
         clock: Callable[[], datetime] = utcnow,
     ) -> TraceProvider:
         """Load a bundled zone's trace or a CSV and serve it."""
@@ -190,7 +202,7 @@ class TraceProvider(CarbonProvider):
     def at(self, zone: str, when: datetime) -> CarbonReading:
         """The reading for the hour containing ``when``."""
         self._check_zone(zone)
-        hour_start = when.replace(minute=0, second=0, microsecond=0)
+        hour_start = _utc_hour(when)
         return self._reading(hour_start, self.trace.hour_of(when))
 
     def latest(self, zone: str) -> CarbonReading:
@@ -201,7 +213,7 @@ class TraceProvider(CarbonProvider):
         """Hourly readings in ``[start, end)``."""
         self._check_zone(zone)
         out = []
-        t = start.replace(minute=0, second=0, microsecond=0)
+        t = _utc_hour(start)
         if t < start:
             t += _HOUR
         while t < end:
@@ -211,7 +223,7 @@ class TraceProvider(CarbonProvider):
 
     def forecast(self, zone: str, hours: int = 24) -> list[CarbonReading]:
         """The trace's next ``hours`` hours, marked as forecasts (a perfect forecast)."""
-        now = self._clock().replace(minute=0, second=0, microsecond=0)
+        now = _utc_hour(self._clock())
         return [
             CarbonReading(**{**r.__dict__, "is_forecast": True})
             for r in self.history(zone, now + _HOUR, now + (hours + 1) * _HOUR)

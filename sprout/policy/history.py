@@ -37,12 +37,22 @@ class CIWindow:
         else:
             self._values.append((hour, ci_g_per_kwh))
 
-    def context(self, ci_g_per_kwh: float) -> CarbonContext:
-        """The carbon context for ``ci_g_per_kwh`` now, including it in min/max/mean."""
+    def context(self, ci_g_per_kwh: float, *, include_current: bool = True) -> CarbonContext:
+        """The carbon context for ``ci_g_per_kwh`` now.
+
+        Min and max include ``ci_g_per_kwh`` unless ``include_current`` is False (for a
+        configured default, which is no observation of the grid and must not stretch the
+        range); the mean is over the window's hours (or is ``ci_g_per_kwh`` when the window
+        is empty), so callers that :meth:`add` the current hour first, as the controller
+        does, count it once.
+        """
         values = [v for _, v in self._values] or [ci_g_per_kwh]
+        low, high = min(values), max(values)
+        if include_current:
+            low, high = min(low, ci_g_per_kwh), max(high, ci_g_per_kwh)
         return CarbonContext(
             ci_g_per_kwh=ci_g_per_kwh,
-            ci_min=min(min(values), ci_g_per_kwh),
-            ci_max=max(max(values), ci_g_per_kwh),
+            ci_min=low,
+            ci_max=high,
             ci_mean=sum(values) / len(values),
         )

@@ -40,11 +40,13 @@ class SproutLPPolicy(Policy):
         self.stats = stats
         self.xi = xi
         self.embodied_g_per_s = embodied_g_per_s
-        self._cache: OrderedDict[tuple[float, float, float], MixSolution] = OrderedDict()
+        self._cache: OrderedDict[tuple[object, ...], MixSolution] = OrderedDict()
 
     def mix(self, carbon: CarbonContext) -> MixSolution:
         """The LP's mix over ``stats.levels`` for ``carbon``."""
-        key = (carbon.ci_g_per_kwh, carbon.ci_min, carbon.ci_max)
+        # The statistics and xi are in the key: a retrain (or the simulator) replaces
+        # ``stats``, and a mix solved for the old statistics must not be served for the new.
+        key = (self.stats, self.xi, carbon.ci_g_per_kwh, carbon.ci_min, carbon.ci_max)
         solution = self._cache.get(key)
         if solution is None:
             solution = solve_mix(

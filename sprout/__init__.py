@@ -1,0 +1,105 @@
+"""Sprout: carbon-aware LLM generation.
+
+The public API is loaded lazily, so ``import sprout`` stays cheap and has no side effects;
+each name below is imported from its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Settings": "sprout.config",
+    "load_settings": "sprout.config",
+    "Directive": "sprout.directives",
+    "DirectiveSet": "sprout.directives",
+    "ChatRequest": "sprout.chat",
+    "Message": "sprout.chat",
+    "CarbonReading": "sprout.carbon.base",
+    "CarbonProvider": "sprout.carbon.base",
+    "TraceProvider": "sprout.carbon.trace",
+    "StaticProvider": "sprout.carbon.static",
+    "CarbonSignal": "sprout.carbon.signal",
+    "load_trace": "sprout.carbon.trace",
+    "solve_mix": "sprout.policy.optimizer",
+    "SproutLPPolicy": "sprout.policy.sprout_lp",
+    "Engine": "sprout.engines.base",
+    "Generation": "sprout.engines.base",
+    "ReplayEngine": "sprout.engines.replay",
+    "EnergyMeter": "sprout.energy.base",
+    "EnergySample": "sprout.energy.base",
+    "EstimateMeter": "sprout.energy.estimate",
+    "Ledger": "sprout.ledger.store",
+    "Receipt": "sprout.receipt",
+    "Controller": "sprout.controller",
+    "ChatResult": "sprout.controller",
+    "build_controller": "sprout.factory",
+    "SproutError": "sprout.errors",
+}
+
+__all__ = [
+    "CarbonProvider",
+    "CarbonReading",
+    "CarbonSignal",
+    "ChatRequest",
+    "ChatResult",
+    "Controller",
+    "Directive",
+    "DirectiveSet",
+    "EnergyMeter",
+    "EnergySample",
+    "Engine",
+    "EstimateMeter",
+    "Generation",
+    "Ledger",
+    "Message",
+    "Receipt",
+    "ReplayEngine",
+    "Settings",
+    "SproutError",
+    "SproutLPPolicy",
+    "StaticProvider",
+    "TraceProvider",
+    "__version__",
+    "build_controller",
+    "load_settings",
+    "load_trace",
+    "solve_mix",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sprout' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from sprout.carbon.base import CarbonProvider, CarbonReading
+    from sprout.carbon.signal import CarbonSignal
+    from sprout.carbon.static import StaticProvider
+    from sprout.carbon.trace import TraceProvider, load_trace
+    from sprout.chat import ChatRequest, Message
+    from sprout.config import Settings, load_settings
+    from sprout.controller import ChatResult, Controller
+    from sprout.directives import Directive, DirectiveSet
+    from sprout.energy.base import EnergyMeter, EnergySample
+    from sprout.energy.estimate import EstimateMeter
+    from sprout.engines.base import Engine, Generation
+    from sprout.engines.replay import ReplayEngine
+    from sprout.errors import SproutError
+    from sprout.factory import build_controller
+    from sprout.ledger.store import Ledger
+    from sprout.policy.optimizer import solve_mix
+    from sprout.policy.sprout_lp import SproutLPPolicy
+    from sprout.receipt import Receipt

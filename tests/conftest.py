@@ -1,0 +1,39 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from sprout.data import load_workload
+
+
+@pytest.fixture(scope="session")
+def judged_records():
+    """Bundled judged prompts with a clear verdict (every directive's answer recorded)."""
+    return [r for r in load_workload() if r.judge_sampled and r.judge_best is not None]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """URL of a fresh SQLite ledger file."""
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+class FakeClock:
+    """A settable wall clock and matching monotonic clock."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.t = start or datetime(2023, 6, 12, 0, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t.timestamp()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
