@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "CarbonProvider": "sprout.carbon.base",
     "TraceProvider": "sprout.carbon.trace",
     "StaticProvider": "sprout.carbon.static",
+    "ElectricityMapsProvider": "sprout.carbon.electricitymaps",
+    "WattTimeProvider": "sprout.carbon.watttime",
+    "UKCarbonIntensityProvider": "sprout.carbon.uk",
     "CarbonSignal": "sprout.carbon.signal",
     "load_trace": "sprout.carbon.trace",
     "solve_mix": "sprout.policy.optimizer",
@@ -29,6 +32,11 @@ _EXPORTS: dict[str, str] = {
     "Engine": "sprout.engines.base",
     "Generation": "sprout.engines.base",
     "ReplayEngine": "sprout.engines.replay",
+    "OpenAIEngine": "sprout.engines.openai_compat",
+    "HFEngine": "sprout.engines.hf",
+    "NVMLMeter": "sprout.energy.nvml",
+    "RAPLMeter": "sprout.energy.rapl",
+    "CarbonPoller": "sprout.carbon.poller",
     "EnergyMeter": "sprout.energy.base",
     "EnergySample": "sprout.energy.base",
     "EstimateMeter": "sprout.energy.estimate",
@@ -41,6 +49,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CarbonPoller",
     "CarbonProvider",
     "CarbonReading",
     "CarbonSignal",
@@ -49,13 +58,18 @@ __all__ = [
     "Controller",
     "Directive",
     "DirectiveSet",
+    "ElectricityMapsProvider",
     "EnergyMeter",
     "EnergySample",
     "Engine",
     "EstimateMeter",
     "Generation",
+    "HFEngine",
     "Ledger",
     "Message",
+    "NVMLMeter",
+    "OpenAIEngine",
+    "RAPLMeter",
     "Receipt",
     "ReplayEngine",
     "Settings",
@@ -63,6 +77,8 @@ __all__ = [
     "SproutLPPolicy",
     "StaticProvider",
     "TraceProvider",
+    "UKCarbonIntensityProvider",
+    "WattTimeProvider",
     "__version__",
     "build_controller",
     "load_settings",
@@ -86,16 +102,24 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from sprout.carbon.base import CarbonProvider, CarbonReading
+    from sprout.carbon.electricitymaps import ElectricityMapsProvider
+    from sprout.carbon.poller import CarbonPoller
     from sprout.carbon.signal import CarbonSignal
     from sprout.carbon.static import StaticProvider
     from sprout.carbon.trace import TraceProvider, load_trace
+    from sprout.carbon.uk import UKCarbonIntensityProvider
+    from sprout.carbon.watttime import WattTimeProvider
     from sprout.chat import ChatRequest, Message
     from sprout.config import Settings, load_settings
     from sprout.controller import ChatResult, Controller
     from sprout.directives import Directive, DirectiveSet
     from sprout.energy.base import EnergyMeter, EnergySample
     from sprout.energy.estimate import EstimateMeter
+    from sprout.energy.nvml import NVMLMeter
+    from sprout.energy.rapl import RAPLMeter
     from sprout.engines.base import Engine, Generation
+    from sprout.engines.hf import HFEngine
+    from sprout.engines.openai_compat import OpenAIEngine
     from sprout.engines.replay import ReplayEngine
     from sprout.errors import SproutError
     from sprout.factory import build_controller

@@ -7,6 +7,7 @@ argument, a setting, a policy file, a data file).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,14 @@ if TYPE_CHECKING:
     from sprout.config import Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+#: Modules that add subcommands: each has ``register(subparsers)``, which adds its parser(s)
+#: with ``set_defaults(func=...)``; ``func(args)`` returns the exit code.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "sprout.sim.cli",
+    "sprout.carbon.cli",
+    "sprout.ledger.cli",
+)
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -138,12 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_options(cur)
     cur.set_defaults(func=_cmd_db_current)
 
-    try:
-        from sprout.sim.cli import add_simulate_parser
-    except ImportError:  # pragma: no cover - the simulator ships with the package
-        pass
-    else:
-        add_simulate_parser(sub)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -20,6 +21,12 @@ from sprout.accounting import SPROUT_EMBODIED_G, SPROUT_LIFETIME_YEARS
 from sprout.errors import ConfigError
 
 DEFAULT_DB_FILE = "sprout-ledger.db"
+#: Carbon providers by name: local ones, then the live APIs (polled in the background).
+LOCAL_CARBON_PROVIDERS = ("trace", "static")
+LIVE_CARBON_PROVIDERS = ("electricitymaps", "watttime", "uk")
+CARBON_PROVIDERS = LOCAL_CARBON_PROVIDERS + LIVE_CARBON_PROVIDERS
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def default_db_url() -> str:
@@ -34,12 +41,28 @@ class Settings:
     Attributes:
         db_url: SQLAlchemy URL of the ledger.
         zone: grid zone whose carbon intensity drives decisions.
-        carbon_provider: ``trace`` or ``static`` (live providers come with their own modules).
+        carbon_provider: ``trace``, ``static``, ``electricitymaps``, ``watttime`` or ``uk``.
+        carbon_fallback_provider: a second provider asked when the first fails ("" for none).
+        carbon_fallback_zone: the zone to ask the fallback provider for ("" for ``zone``).
+        carbon_timeout_s: timeout of one HTTP attempt to a live provider.
+        carbon_retries: further attempts after a timeout, refused connection, 5xx or 429.
+        carbon_max_retry_wait_s: longest ``Retry-After`` waited out before giving up until
+            the next poll.
+        carbon_poll: poll live providers in a background thread so that requests never wait
+            on the network (local providers are always read inline).
+        carbon_forecast_interval_s: how often the poller stores the provider's forecast
+            (0: never).
+        electricitymaps_base_url, watttime_base_url, uk_base_url: the APIs' roots (mirrors,
+            tests).
+        electricitymaps_api_key: Electricity Maps key (secret: kept out of ``repr``).
+        electricitymaps_emission_factor: ``direct`` or ``lifecycle``.
+        watttime_username, watttime_password: WattTime login (secret: kept out of ``repr``).
         carbon_trace: path of an hourly CSV for the trace provider ("" for the zone's bundled one).
         carbon_column: ``ci_direct`` or ``ci_lca`` for the trace provider.
         static_ci_g_per_kwh: the static provider's value.
         default_ci_g_per_kwh: used when no reading can be had at all.
-        signal_refresh_s: how long a reading is served before the provider is asked again.
+        signal_refresh_s: how long a reading is served before the provider is asked again
+            (the poll interval of live providers).
         signal_max_age_s: oldest cached reading served when the provider fails.
         policy_file: directive policy file ("" for the bundled default).
         xi: largest relative quality concession of the optimizer, in [0, 1].
@@ -49,6 +72,42 @@ class Settings:
         ledger_flush_interval_s: how often buffered receipts are committed.
         ledger_spool: file receipts go to while the database is unreachable ("" for
             ``<db>.spool.jsonl`` beside a SQLite file, else ``sprout-ledger.spool.jsonl``).
+        ledger_durability: ``buffered`` (a SIGKILL loses at most the receipts of the last
+            flush interval) or ``durable`` (each receipt is fsynced to a local journal before
+            ``append`` returns).
+        prompt_retention_days: days a sampled prompt is kept before ``sprout ledger prune``
+            deletes it (0: kept forever); receipts and their hash chains are never pruned.
+        engine: ``replay`` (bundled recordings), ``openai`` (an OpenAI-compatible server) or
+            ``hf`` (a local transformers model).
+        engine_base_url: the OpenAI-compatible API root, e.g. ``http://127.0.0.1:8000/v1``.
+        engine_model: the default model: a served model name (``openai``) or a model
+            directory (``hf``).
+        engine_variants: ``variant=model`` pairs, comma-separated: served model names
+            (``openai``), or model directories (``hf``, whose ``int8`` variant is built
+            from ``engine_model`` unless named here).
+        engine_api_key: the server's API key (secret: kept out of ``repr``, never logged).
+        engine_stream: stream responses (lets the babbling guard stop the server early).
+        engine_timeout_s: read timeout of one request to the server.
+        engine_retries: further attempts after a 5xx, 429 or connection failure.
+        engine_max_new_tokens: token cap for requests whose app and directive set none.
+        engine_device: ``cpu``, ``cuda`` or ``cuda:N`` for ``hf``.
+        babble_guard: end generations once the answer is complete (a closed code block
+            followed by chatter, a repetition loop).
+        meter: ``auto`` (NVML if a GPU is visible, else RAPL if readable, else estimate;
+            engines on other machines are estimated), ``nvml``, ``rapl`` or ``estimate``.
+        meter_gpus: GPU indices for NVML, comma-separated ("" for ``CUDA_VISIBLE_DEVICES``,
+            else all).
+        rapl_root: the powercap directory RAPL is read from.
+        meter_calibrate: fit the estimate meter per engine and variant on the ledger's
+            measured receipts when there are enough.
+        server_host, server_port: where ``sprout serve`` listens.
+        server_api_key: bearer key clients of ``sprout serve`` must send ("" for none;
+            secret: kept out of ``repr``, never logged).
+        server_max_body_bytes: largest request body the proxy reads (larger: HTTP 413).
+        server_tenant_header: request header naming the tenant recorded in the receipt.
+        server_opt_out_header: request header that, when true, forces the baseline
+            directive (recorded as ``opt-out``).
+        server_threads: worker threads the proxy runs engine calls on (its concurrency).
     """
 
     db_url: str = ""
@@ -60,6 +119,20 @@ class Settings:
     default_ci_g_per_kwh: float = 400.0
     signal_refresh_s: float = 300.0
     signal_max_age_s: float = 3 * 3600.0
+    carbon_fallback_provider: str = ""
+    carbon_fallback_zone: str = ""
+    carbon_timeout_s: float = 5.0
+    carbon_retries: int = 2
+    carbon_max_retry_wait_s: float = 10.0
+    carbon_poll: bool = True
+    carbon_forecast_interval_s: float = 3600.0
+    electricitymaps_base_url: str = "https://api.electricitymaps.com/v3"
+    electricitymaps_api_key: str = field(default="", repr=False)
+    electricitymaps_emission_factor: str = "direct"
+    watttime_base_url: str = "https://api.watttime.org"
+    watttime_username: str = field(default="", repr=False)
+    watttime_password: str = field(default="", repr=False)
+    uk_base_url: str = "https://api.carbonintensity.org.uk"
     policy_file: str = ""
     xi: float = 0.1
     ci_window_hours: int = 720
@@ -67,6 +140,30 @@ class Settings:
     lifetime_years: float = SPROUT_LIFETIME_YEARS
     ledger_flush_interval_s: float = 0.5
     ledger_spool: str = ""
+    ledger_durability: str = "buffered"
+    prompt_retention_days: float = 30.0
+    engine: str = "replay"
+    engine_base_url: str = ""
+    engine_model: str = ""
+    engine_variants: str = ""
+    engine_api_key: str = field(default="", repr=False)
+    engine_stream: bool = False
+    engine_timeout_s: float = 120.0
+    engine_retries: int = 2
+    engine_max_new_tokens: int = 512
+    engine_device: str = "cpu"
+    babble_guard: bool = False
+    meter: str = "auto"
+    meter_gpus: str = ""
+    rapl_root: str = "/sys/class/powercap"
+    meter_calibrate: bool = True
+    server_host: str = "127.0.0.1"
+    server_port: int = 8080
+    server_api_key: str = field(default="", repr=False)
+    server_max_body_bytes: int = 4 * 1024 * 1024
+    server_tenant_header: str = "x-sprout-tenant"
+    server_opt_out_header: str = "x-sprout-opt-out"
+    server_threads: int = 256
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -82,14 +179,60 @@ class Settings:
             ("lifetime_years", self.lifetime_years > 0, "must be > 0"),
             ("ledger_flush_interval_s", self.ledger_flush_interval_s > 0, "must be > 0"),
             (
+                "ledger_durability",
+                self.ledger_durability in ("buffered", "durable"),
+                "must be 'buffered' or 'durable'",
+            ),
+            ("prompt_retention_days", self.prompt_retention_days >= 0, "must be >= 0"),
+            (
+                "engine",
+                self.engine in ("replay", "openai", "hf"),
+                "must be 'replay', 'openai' or 'hf'",
+            ),
+            ("engine_timeout_s", self.engine_timeout_s > 0, "must be > 0"),
+            ("engine_retries", 0 <= self.engine_retries <= 10, "must lie in [0, 10]"),
+            ("engine_max_new_tokens", self.engine_max_new_tokens >= 1, "must be >= 1"),
+            (
+                "meter",
+                self.meter in ("auto", "nvml", "rapl", "estimate"),
+                "must be 'auto', 'nvml', 'rapl' or 'estimate'",
+            ),
+            (
                 "carbon_column",
                 self.carbon_column in ("ci_direct", "ci_lca"),
                 "must be 'ci_direct' or 'ci_lca'",
             ),
             (
                 "carbon_provider",
-                self.carbon_provider in ("trace", "static"),
-                "must be 'trace' or 'static'",
+                self.carbon_provider in CARBON_PROVIDERS,
+                f"must be one of {', '.join(CARBON_PROVIDERS)}",
+            ),
+            (
+                "carbon_fallback_provider",
+                self.carbon_fallback_provider in ("", *CARBON_PROVIDERS),
+                f"must be empty or one of {', '.join(CARBON_PROVIDERS)}",
+            ),
+            ("carbon_timeout_s", self.carbon_timeout_s > 0, "must be > 0"),
+            ("carbon_retries", 0 <= self.carbon_retries <= 10, "must lie in [0, 10]"),
+            ("carbon_max_retry_wait_s", self.carbon_max_retry_wait_s >= 0, "must be >= 0"),
+            ("carbon_forecast_interval_s", self.carbon_forecast_interval_s >= 0, "must be >= 0"),
+            ("server_port", 0 <= self.server_port <= 65535, "must lie in [0, 65535]"),
+            ("server_max_body_bytes", self.server_max_body_bytes >= 1024, "must be >= 1024"),
+            ("server_threads", 1 <= self.server_threads <= 4096, "must lie in [1, 4096]"),
+            (
+                "server_tenant_header",
+                _HEADER_NAME.fullmatch(self.server_tenant_header) is not None,
+                "must be an HTTP header name",
+            ),
+            (
+                "server_opt_out_header",
+                _HEADER_NAME.fullmatch(self.server_opt_out_header) is not None,
+                "must be an HTTP header name",
+            ),
+            (
+                "electricitymaps_emission_factor",
+                self.electricitymaps_emission_factor in ("direct", "lifecycle"),
+                "must be 'direct' or 'lifecycle'",
             ),
         )
         for name, ok, problem in checks:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sprout.accounting import embodied_rate_g_per_s, request_carbon
 from sprout.carbon.base import utcnow
@@ -24,7 +25,8 @@ from sprout.chat import ChatRequest, Message, parse_messages
 from sprout.directives import DirectiveSet
 from sprout.energy.base import EnergyMeter, EnergySample, Usage
 from sprout.engines.base import Engine, Generation
-from sprout.errors import SproutError
+from sprout.engines.guards import CONTINUE, BabbleGuard, GuardDecision
+from sprout.errors import EngineError, SproutError
 from sprout.policy.base import Decision, Policy
 from sprout.policy.history import CIWindow
 from sprout.receipt import Receipt
@@ -39,11 +41,162 @@ log = logging.getLogger("sprout.controller")
 
 @dataclass(frozen=True)
 class ChatResult:
-    """The answer to one request, with its receipt."""
+    """The answer to one request, with its receipt.
+
+    ``energy`` is the sample the receipt's energy came from, with its prefill/decode split
+    when the engine reported the first token's time.
+    """
 
     text: str
     receipt: Receipt
     generation: Generation
+    energy: EnergySample | None = None
+
+
+def _split_prefill(energy: EnergySample, generation: Generation) -> EnergySample:
+    """``energy`` split into prefill and decode by the first token's time, if not yet split.
+
+    Meters that see the window split it themselves; for the others the power is taken to
+    be even over the generation.
+    """
+    first = generation.first_token_s
+    if energy.prefill_kwh is not None or first is None or generation.latency_s <= 0:
+        return energy
+    prefill_kwh = energy.energy_kwh * min(1.0, max(0.0, first / generation.latency_s))
+    return replace(energy, prefill_kwh=prefill_kwh, decode_kwh=energy.energy_kwh - prefill_kwh)
+
+
+class StreamSink(Protocol):
+    """Receives a streamed answer from :meth:`Controller.chat` (``stream=``).
+
+    Both methods are called on the thread that runs the engine. ``text`` may raise to stop
+    the generation (a client that went away): the engine closes its stream, which servers
+    such as vLLM take as an abort, and the exception propagates out of ``chat``.
+    """
+
+    def start(self, request_id: str, request: ChatRequest, decision: Decision) -> None:
+        """The directive is chosen and the engine is about to be called."""
+
+    def text(self, delta: str) -> None:
+        """More of the answer, in order; the deltas concatenate to the final text."""
+
+
+@dataclass(frozen=True, eq=False)
+class _StreamTap(BabbleGuard):
+    """Forwards the text an engine generates to a sink as it grows.
+
+    Engines that generate token by token already hand the text so far to their guard's
+    ``check`` after every token (the OpenAI-compatible engine while reading a stream, the
+    transformers engine from its stopping criteria), so riding on that hook streams any of
+    them without a streaming API of their own. The request's own guard still decides
+    (``inner`` and the stop strings); text a stop string may still cut is held back.
+    """
+
+    sink: Callable[[str], None] | None = None
+    inner: BabbleGuard | None = None
+    stop_strings: tuple[str, ...] = ()
+    _sent: list[str] = field(default_factory=list)  # the text forwarded so far, one item
+
+    def check(self, text: str) -> GuardDecision:
+        decision = self.inner.check(text) if self.inner is not None else CONTINUE
+        end = len(text)
+        hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
+        if hits:
+            end = min(hits)
+        elif self.stop_strings:  # the end may be the start of a stop string
+            end -= max(len(s) for s in self.stop_strings) - 1
+        if decision.stop and decision.cut is not None:
+            end = min(end, decision.cut)
+        self.forward(text, max(0, end))
+        return decision
+
+    def forward(self, text: str, end: int) -> None:
+        """Send ``text[:end]`` beyond what was sent already."""
+        sent = self._sent[0] if self._sent else ""
+        shared = min(end, len(sent))
+        if text[:shared] != sent[:shared]:
+            # An engine retried after a dropped stream and the model answered differently:
+            # what the client already has cannot be taken back.
+            raise EngineError(
+                "the stream was restarted by a retry and answered differently; the text "
+                "already sent cannot be corrected"
+            )
+        if end > len(sent) and self.sink is not None:
+            self._sent[:] = [text[:end]]
+            self.sink(text[len(sent) : end])
+
+
+def _tap_request(
+    request: ChatRequest, engine: Engine, sink: Callable[[str], None]
+) -> tuple[ChatRequest, _StreamTap]:
+    """``request`` asking ``engine`` to stream (``extra["stream"]``) through a tap."""
+    own: Any = request.extra.get("babble_guard", getattr(engine, "guard", None))
+    if own is True:
+        own = getattr(engine, "guard", None) or BabbleGuard()
+    inner = own if isinstance(own, BabbleGuard) else None
+    tap = _StreamTap(sink=sink, inner=inner, stop_strings=tuple(s for s in request.stop if s))
+    return replace(request, extra={**request.extra, "stream": True, "babble_guard": tap}), tap
+
+
+class _StreamClosed(Exception):
+    """The consumer of a :class:`ChatStream` stopped reading."""
+
+
+class ChatStream(Iterator[str]):
+    """The answer to one request, as text deltas while it is generated.
+
+    Iterate it to the end, then read :attr:`result` (the :class:`ChatResult` with the
+    receipt). :attr:`request_id` and :attr:`directive` are set once the first delta
+    arrives. Closing it early (``close()`` or leaving a ``with`` block) stops the
+    generation; no receipt is written for an answer that was not finished. Errors of
+    the generation (``EngineError``...) are raised from the iteration.
+    """
+
+    def __init__(self) -> None:
+        self.result: ChatResult | None = None
+        self.request_id: str | None = None
+        self.directive: str | None = None
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._finished = False
+
+    # The sink side, called on the generating thread.
+    def start(self, request_id: str, request: ChatRequest, decision: Decision) -> None:
+        self.request_id, self.directive = request_id, decision.directive.name
+
+    def text(self, delta: str) -> None:
+        if self._closed.is_set():
+            raise _StreamClosed()
+        self._queue.put(("text", delta))
+
+    def _produce(self, run: Callable[[], ChatResult]) -> None:
+        try:
+            self._queue.put(("done", run()))
+        except BaseException as e:  # handed to the consumer, who re-raises it
+            self._queue.put(("error", e))
+
+    # The consumer side.
+    def __next__(self) -> str:
+        if self._finished:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "text":
+            return str(value)
+        self._finished = True
+        if kind == "error":
+            raise value
+        self.result = value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop reading; an unfinished generation is stopped at its next token."""
+        self._closed.set()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Controller:
@@ -139,6 +292,9 @@ class Controller:
         opt_out: bool = False,
         request_id: str | None = None,
         prompt_id: str | None = None,
+        stop: Sequence[str] = (),
+        temperature: float | None = None,
+        stream: StreamSink | None = None,
     ) -> ChatResult:
         """Answer one chat request carbon-aware.
 
@@ -149,6 +305,10 @@ class Controller:
             opt_out: serve the baseline directive (recorded as ``opt-out``).
             request_id: an id for the receipt (default: a random UUID).
             prompt_id: an id of the prompt (e.g. a bundled workload id), for audits.
+            stop: the app's own stop sequences (the directive's are added).
+            temperature: the app's sampling temperature (None: the engine's default).
+            stream: receives the answer as it is generated (see :meth:`chat_stream`);
+                engines that cannot stream deliver it whole when they finish.
 
         Raises:
             RequestError: the messages are malformed (nothing is generated).
@@ -157,9 +317,15 @@ class Controller:
         parsed = parse_messages(messages)
         request_id = request_id or uuid.uuid4().hex
         signal = self.signal.read()
-        base = ChatRequest(parsed, max_new_tokens=max_new_tokens)
+        base = ChatRequest(
+            parsed, max_new_tokens=max_new_tokens, stop=tuple(stop), temperature=temperature
+        )
         decision = self._decide(base.prompt, signal, opt_out)
         request = decision.directive.apply(base)
+        tap = None
+        if stream is not None:
+            request, tap = _tap_request(request, self.engine, stream.text)
+            stream.start(request_id, request, decision)
 
         meter = self.meter
         meter.begin(request_id)
@@ -176,10 +342,11 @@ class Controller:
                 generation.output_tokens,
                 generation.latency_s,
                 request.variant,
+                generation.first_token_s,
             ),
         )
         # An engine that knows its own energy (a replay's recording) takes precedence.
-        energy = generation.energy or sample
+        energy = _split_prefill(generation.energy or sample, generation)
         receipt = self._receipt(
             request_id, request, decision, generation, energy, signal, tenant, prompt_id
         )
@@ -188,7 +355,39 @@ class Controller:
                 self.ledger.append(receipt)
             except Exception as e:  # the ledger must never fail a request
                 log.error("receipt %s could not be queued: %s", request_id, e)
-        return ChatResult(generation.text, receipt, generation)
+        if tap is not None:  # the rest of the answer (all of it from engines that don't stream)
+            tap.forward(generation.text, len(generation.text))
+        return ChatResult(generation.text, receipt, generation, energy)
+
+    def chat_stream(
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        **options: Any,
+    ) -> ChatStream:
+        """Answer one chat request, yielding its text as it is generated.
+
+        Takes the options of :meth:`chat` (but ``stream``). The engine runs on a worker
+        thread; the receipt is written when the generation ends and is then in the
+        stream's ``result``::
+
+            with controller.chat_stream(messages) as stream:
+                for delta in stream:
+                    print(delta, end="")
+            print(stream.result.receipt.directive)
+
+        Raises:
+            RequestError: the messages are malformed (raised here, before any generation).
+        """
+        parse_messages(messages)  # malformed requests fail here, not mid-iteration
+        stream = ChatStream()
+        worker = threading.Thread(
+            target=stream._produce,
+            args=(lambda: self.chat(messages, stream=stream, **options),),
+            name="sprout-chat-stream",
+            daemon=True,  # bounded by the engine's own timeouts
+        )
+        worker.start()
+        return stream
 
     def _receipt(
         self,
@@ -251,10 +450,13 @@ class Controller:
         )
 
     def close(self) -> None:
-        """Flush the ledger and release the engine."""
+        """Stop the carbon poller, flush the ledger and release the engine."""
+        self.signal.close()  # first, so the poller writes nothing to a closed ledger
         if self.ledger is not None:
             self.ledger.close()
         self.engine.close()
+        if self._meter is not None:
+            self._meter.close()  # stops NVML power samplers
 
     def __enter__(self) -> Controller:
         return self

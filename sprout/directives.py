@@ -7,7 +7,6 @@ sequences. Directives are ordered from L0 (the unconstrained baseline) to the mo
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -17,7 +16,9 @@ from typing import Any
 from sprout.chat import ChatRequest, Message
 from sprout.errors import PolicyFileError
 
-_DIRECTIVE_KEYS = frozenset({"name", "system_prompt", "max_new_tokens", "variant", "stop"})
+_DIRECTIVE_KEYS = frozenset(
+    {"name", "system_prompt", "max_new_tokens", "variant", "stop", "babble_guard"}
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Directive:
         max_new_tokens: cap on new tokens (None: no cap).
         variant: model variant (None: the default model).
         stop: extra stop sequences.
+        babble_guard: end generation once the answer is complete (e.g. a closed code block
+            followed by chatter); None leaves the engine's own setting.
     """
 
     name: str
@@ -37,6 +40,7 @@ class Directive:
     max_new_tokens: int | None = None
     variant: str | None = None
     stop: tuple[str, ...] = ()
+    babble_guard: bool | None = None
 
     def apply(self, request: ChatRequest) -> ChatRequest:
         """Return ``request`` shaped by this directive.
@@ -51,9 +55,13 @@ class Directive:
         cap = request.max_new_tokens
         if self.max_new_tokens is not None:
             cap = self.max_new_tokens if cap is None else min(cap, self.max_new_tokens)
+        extra = request.extra
+        if self.babble_guard is not None:
+            extra = {**extra, "babble_guard": self.babble_guard}
         return replace(
             request,
             messages=messages,
+            extra=extra,
             max_new_tokens=cap,
             variant=self.variant if self.variant is not None else request.variant,
             directive=self.name,
@@ -179,20 +187,15 @@ def _parse_directive(entry: object, i: int, source: str) -> Directive:
     stop = entry.get("stop", [])
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise PolicyFileError(source, f"{at}.stop", "must be a list of non-empty strings")
+    guard = entry.get("babble_guard")
+    if guard is not None and not isinstance(guard, bool):
+        raise PolicyFileError(source, f"{at}.babble_guard", f"must be true or false, got {guard!r}")
     return Directive(
         name=name.strip(),
+        babble_guard=guard,
         system_prompt=prompt or None,
         max_new_tokens=cap,
         variant=variant.strip() if variant else None,
         stop=tuple(stop),
     )
 
-
-def validate_mix(mix: Mapping[str, float], directives: DirectiveSet) -> None:
-    """Check that ``mix`` is a probability distribution over ``directives``."""
-    for name, share in mix.items():
-        directives.get(name)
-        if not (0.0 <= share <= 1.0) or math.isnan(share):
-            raise ValueError(f"share of {name} must be in [0, 1], got {share!r}")
-    if abs(sum(mix.values()) - 1.0) > 1e-6:
-        raise ValueError(f"shares must sum to 1, got {sum(mix.values())!r}")

@@ -14,7 +14,9 @@ from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sprout.carbon.signal import CarbonSignal
     from sprout.controller import Controller
+    from sprout.energy.base import EnergyMeter
     from sprout.engines.base import Engine
     from sprout.ledger.store import Ledger
     from sprout.policy.stats import LevelStats
@@ -32,19 +34,105 @@ def load_directives(settings: Settings) -> DirectiveSet:
     )
 
 
-def build_provider(settings: Settings, clock: Callable[[], datetime] = utcnow) -> CarbonProvider:
-    """The carbon provider named in ``settings``."""
-    if settings.carbon_provider == "trace":
+def build_provider(
+    settings: Settings,
+    clock: Callable[[], datetime] = utcnow,
+    name: str | None = None,
+    zone: str | None = None,
+) -> CarbonProvider:
+    """The carbon provider named ``name`` (default: ``settings.carbon_provider``).
+
+    Live providers take their base URL, credentials, timeout and retries from ``settings``;
+    the trace provider reads ``settings.carbon_trace`` or the bundled trace of ``zone``
+    (default: ``settings.zone``).
+
+    Raises:
+        ConfigError: an unknown name, or missing credentials (naming the setting).
+    """
+    name = name or settings.carbon_provider
+    http = {
+        "timeout_s": settings.carbon_timeout_s,
+        "retries": settings.carbon_retries,
+        "max_wait_s": settings.carbon_max_retry_wait_s,
+    }
+    if name == "trace":
         from sprout.carbon.trace import TraceProvider
 
         return TraceProvider.from_source(
-            settings.carbon_trace or settings.zone, settings.carbon_column, clock
+            settings.carbon_trace or zone or settings.zone, settings.carbon_column, clock
         )
-    if settings.carbon_provider == "static":
+    if name == "static":
         from sprout.carbon.static import StaticProvider
 
         return StaticProvider(settings.static_ci_g_per_kwh, clock=clock)
-    raise ConfigError(f"setting carbon_provider: unknown provider {settings.carbon_provider!r}")
+    if name == "electricitymaps":
+        from sprout.carbon.electricitymaps import ElectricityMapsProvider
+
+        return ElectricityMapsProvider(
+            settings.electricitymaps_api_key,
+            base_url=settings.electricitymaps_base_url,
+            emission_factor=settings.electricitymaps_emission_factor,  # type: ignore[arg-type]
+            clock=clock,
+            **http,
+        )
+    if name == "watttime":
+        from sprout.carbon.watttime import WattTimeProvider
+
+        return WattTimeProvider(
+            settings.watttime_username,
+            settings.watttime_password,
+            base_url=settings.watttime_base_url,
+            clock=clock,
+            **http,
+        )
+    if name == "uk":
+        from sprout.carbon.uk import UKCarbonIntensityProvider
+
+        return UKCarbonIntensityProvider(base_url=settings.uk_base_url, clock=clock, **http)
+    raise ConfigError(f"setting carbon_provider: unknown provider {name!r}")
+
+
+def build_signal(
+    settings: Settings,
+    clock: Callable[[], datetime] = utcnow,
+    monotonic: Callable[[], float] | None = None,
+) -> CarbonSignal:
+    """The carbon signal: ``settings.carbon_provider``, then the fallback provider if one is
+    set, then the last good reading up to ``signal_max_age_s``, then the default.
+
+    Polling is not started here (see :meth:`CarbonSignal.start_polling`).
+    """
+    import time
+
+    from sprout.carbon.signal import CarbonSignal
+
+    fallback_zone = settings.carbon_fallback_zone or settings.zone
+    secondary = (
+        build_provider(settings, clock, settings.carbon_fallback_provider, fallback_zone)
+        if settings.carbon_fallback_provider
+        else None
+    )
+    return CarbonSignal(
+        build_provider(settings, clock),
+        settings.zone,
+        refresh_s=settings.signal_refresh_s,
+        max_age_s=settings.signal_max_age_s,
+        default_ci_g_per_kwh=settings.default_ci_g_per_kwh,
+        clock=clock,
+        monotonic=monotonic or time.monotonic,
+        secondary=secondary,
+        secondary_zone=fallback_zone,
+    )
+
+
+def uses_live_provider(settings: Settings) -> bool:
+    """Whether the signal asks a network API (and so should be polled in the background)."""
+    from sprout.config import LIVE_CARBON_PROVIDERS
+
+    return (
+        settings.carbon_provider in LIVE_CARBON_PROVIDERS
+        or settings.carbon_fallback_provider in LIVE_CARBON_PROVIDERS
+    )
 
 
 def bundled_level_stats(directives: DirectiveSet) -> LevelStats:
@@ -94,6 +182,101 @@ def build_ledger(settings: Settings) -> Ledger:
     )
 
 
+def _pairs(setting: str, value: str) -> dict[str, str]:
+    """``a=x,b=y`` as a dict (names the setting when malformed)."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, target = (x.strip() for x in item.partition("="))
+        if not sep or not key or not target:
+            raise ConfigError(f"setting {setting}: expected variant=model pairs, got {item!r}")
+        pairs[key] = target
+    return pairs
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine named by ``settings.engine`` (``replay``, ``openai`` or ``hf``).
+
+    Raises:
+        ConfigError: a setting the engine needs is missing or malformed.
+    """
+    if settings.engine == "replay":
+        from sprout.engines.replay import ReplayEngine
+
+        return ReplayEngine()
+    variants = _pairs("engine_variants", settings.engine_variants)
+    guard = None
+    if settings.babble_guard:
+        from sprout.engines.guards import BabbleGuard
+
+        guard = BabbleGuard()
+    if not settings.engine_model:
+        raise ConfigError(f"setting engine_model: required for engine={settings.engine!r}")
+    if settings.engine == "openai":
+        from sprout.engines.openai_compat import OpenAIEngine
+
+        if not settings.engine_base_url:
+            raise ConfigError("setting engine_base_url: required for engine='openai'")
+        return OpenAIEngine(
+            settings.engine_base_url,
+            settings.engine_model,
+            variant_models=variants,
+            api_key=settings.engine_api_key or None,
+            stream=settings.engine_stream,
+            max_tokens=settings.engine_max_new_tokens,
+            guard=guard,
+            timeout_s=settings.engine_timeout_s,
+            max_retries=settings.engine_retries,
+        )
+    from sprout.engines.hf import INT8, HFEngine, ModelVariant
+
+    return HFEngine(
+        settings.engine_model,
+        variants={INT8: ModelVariant(settings.engine_model, INT8), **variants},
+        device=settings.engine_device,
+        max_new_tokens=settings.engine_max_new_tokens,
+        guard=guard,
+    )
+
+
+def build_meter(settings: Settings, engine: Engine, ledger: Ledger | None = None) -> EnergyMeter:
+    """The energy meter ``settings.meter`` names, ``auto`` choosing by what this machine has.
+
+    The estimate meter (used alone, or as the fallback of a measuring one) is calibrated
+    per variant on the ledger's measured receipts of ``engine`` when ``meter_calibrate``
+    is set and there are enough of them (from the last 30 days).
+    """
+    import logging
+    from datetime import timedelta
+
+    from sprout.energy.estimate import EstimateMeter
+    from sprout.energy.select import choose_meter
+
+    log = logging.getLogger("sprout.energy")
+    estimate = EstimateMeter()
+    # A replay carries its recorded energy: its receipts never need a fitted estimate.
+    if settings.meter_calibrate and ledger is not None and engine.name != "replay":
+        from sprout.energy.calibrate import calibrate_from_ledger, calibrated_meter
+        from sprout.errors import SproutError
+
+        try:
+            calibration = calibrate_from_ledger(ledger, since=utcnow() - timedelta(days=30))
+        except SproutError as e:  # calibration is an improvement, never a requirement
+            log.warning("estimate meter not calibrated (ledger unreadable): %s", e)
+        else:
+            if calibration.for_engine(engine.name):
+                estimate = calibrated_meter(calibration, engine.name)
+    gpus = [int(i) for i in settings.meter_gpus.split(",") if i.strip()] or None
+    choice = choose_meter(
+        settings.meter,
+        engine_local=engine.runs_locally,
+        gpu_indices=gpus,
+        rapl_root=settings.rapl_root,
+        estimate=estimate,
+    )
+    log.info("energy meter: %s (%s)", choice.kind, "; ".join(choice.reasons))
+    return choice.meter
+
+
 def build_controller(
     settings: Settings,
     *,
@@ -103,22 +286,25 @@ def build_controller(
     clock: Callable[[], datetime] = utcnow,
     monotonic: Callable[[], float] | None = None,
     rng: random.Random | None = None,
+    poll: bool | None = None,
 ) -> Controller:
     """A controller on the embedded defaults: replay engine, trace carbon, SQLite ledger.
 
     Args:
         settings: resolved settings.
-        engine: the engine (default: the replay engine over the bundled workloads).
+        engine: the engine (default: the one ``settings.engine`` names, the replay engine
+            over the bundled workloads unless set). The energy meter follows
+            ``settings.meter`` (see :func:`build_meter`).
         ledger: an open ledger (default: one at ``settings.db_url`` unless ``use_ledger``
             is False).
         clock: wall clock for readings and receipts (a replay clock in the demo).
         monotonic: clock for the signal's refresh interval (default: real monotonic time).
         rng: randomness for the policy's draws.
+        poll: refresh the carbon signal in a background poller that also stores readings
+            and forecasts in the ledger (default: ``settings.carbon_poll`` when a live
+            provider is configured); ``Controller.close`` stops it.
     """
-    import time
-
     from sprout.accounting import embodied_rate_g_per_s
-    from sprout.carbon.signal import CarbonSignal
     from sprout.controller import Controller
     from sprout.policy.sprout_lp import SproutLPPolicy
 
@@ -126,31 +312,33 @@ def build_controller(
     stats = bundled_level_stats(directives)
     rate = embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years)
     policy = SproutLPPolicy(directives, stats, settings.xi, rate)
-    signal = CarbonSignal(
-        build_provider(settings, clock),
-        settings.zone,
-        refresh_s=settings.signal_refresh_s,
-        max_age_s=settings.signal_max_age_s,
-        default_ci_g_per_kwh=settings.default_ci_g_per_kwh,
-        clock=clock,
-        monotonic=monotonic or time.monotonic,
-    )
+    signal = build_signal(settings, clock, monotonic)
     if ledger is None and use_ledger:
         ledger = build_ledger(settings)
     version = lp_policy_version(ledger, stats, settings.xi) if ledger is not None else None
     if engine is None:
-        from sprout.engines.replay import ReplayEngine
-
-        engine = ReplayEngine()
-    return Controller(
+        engine = build_engine(settings)
+    meter = build_meter(settings, engine, ledger)
+    controller = Controller(
         engine,
         signal,
         policy,
         directives,
         ledger=ledger,
+        meter=meter,
         ci_window_hours=settings.ci_window_hours,
         embodied_g_per_s=rate,
         policy_version=version,
         clock=clock,
         rng=rng,
     )
+    if poll is None:
+        poll = settings.carbon_poll and uses_live_provider(settings)
+    if poll:
+        # Live APIs are asked off the request path; the poller records what it fetches.
+        signal.start_polling(
+            ledger=ledger,
+            forecast_interval_s=settings.carbon_forecast_interval_s,
+            wait_first_s=settings.carbon_timeout_s,  # bounded: a down API delays start only this
+        )
+    return controller

@@ -14,8 +14,8 @@ class Receipt:
     Energy carries its ``energy_source`` (``measured-nvml``, ``measured-rapl``, ``recorded``
     or ``estimated``); the carbon intensity carries its provider, signal and emission-factor
     type, its age at use and which layer of the signal supplied it (``ci_fallback``:
-    ``provider``, ``cache`` or ``default``). ``baseline_*`` is the always-L0 counterfactual
-    for the same prompt, when it is known, and how it was obtained.
+    ``provider``, ``secondary``, ``cache`` or ``default``). ``baseline_*`` is the always-L0
+    counterfactual for the same prompt, when it is known, and how it was obtained.
     """
 
     request_id: str
@@ -47,6 +47,9 @@ class Receipt:
     baseline_g: float | None = None
     baseline_source: str | None = None
     prompt_id: str | None = None
+    #: ``serve`` for a request served to a user, ``evaluation`` for the quality loop's own
+    #: generations (reported as evaluation overhead).
+    purpose: str = "serve"
 
     @property
     def total_g(self) -> float:

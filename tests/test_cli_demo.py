@@ -63,7 +63,9 @@ def test_db_upgrade_and_current(sqlite_url, capsys):
     assert main(["db", "upgrade", "--db", sqlite_url]) == 0
     assert "is at revision" in capsys.readouterr().out
     assert main(["db", "current", "--db", sqlite_url]) == 0
-    assert capsys.readouterr().out.strip() == "0001"
+    from sprout.ledger.migrate import head_revisions
+
+    assert capsys.readouterr().out.strip() in head_revisions()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from sprout.chat import ChatRequest, Message, last_user_content, parse_messages
 from sprout.config import Settings, load_settings
 from sprout.data import default_policy_path
-from sprout.directives import Directive, DirectiveSet, validate_mix
+from sprout.directives import Directive, DirectiveSet
 from sprout.errors import ConfigError, PolicyFileError, RequestError
 
 # --- policy files ---------------------------------------------------------------------------
@@ -135,17 +135,6 @@ def test_policy_file_not_utf8(tmp_path):
     path.write_bytes(b'[[directive]]\nname = "caf\xe9"\n')
     with pytest.raises(PolicyFileError, match="not UTF-8"):
         DirectiveSet.load(path)
-
-
-def test_validate_mix():
-    directives = DirectiveSet.load(default_policy_path())
-    validate_mix({"L0": 0.5, "L1": 0.25, "L2": 0.25}, directives)
-    with pytest.raises(KeyError, match="L9"):
-        validate_mix({"L9": 1.0}, directives)
-    with pytest.raises(ValueError, match="sum to 1"):
-        validate_mix({"L0": 0.5, "L1": 0.25}, directives)
-    with pytest.raises(ValueError, match=r"share of L0 must be in \[0, 1\]"):
-        validate_mix({"L0": 1.5, "L1": -0.5}, directives)
 
 
 # --- applying a directive -------------------------------------------------------------------
@@ -319,3 +308,16 @@ def test_parse_messages_accepts_dicts_and_messages():
 def test_parse_messages_errors(raw, match):
     with pytest.raises(RequestError, match=match):
         parse_messages(raw)
+
+
+def test_babble_guard_key_reaches_the_engine_request():
+    text = (
+        '[[directive]]\nname = "L0"\n'
+        '[[directive]]\nname = "L1"\nsystem_prompt = "Always answer briefly"\nbabble_guard = true\n'
+    )
+    directives = DirectiveSet.from_toml(text, "guard.toml")
+    request = ChatRequest((Message("user", "write code"),))
+    assert directives.get("L1").apply(request).extra == {"babble_guard": True}
+    assert "babble_guard" not in directives.get("L0").apply(request).extra
+    with pytest.raises(PolicyFileError, match=r"guard\.toml: directive\[0\]\.babble_guard"):
+        DirectiveSet.from_toml('[[directive]]\nname = "L0"\nbabble_guard = "yes"\n', "guard.toml")

@@ -102,8 +102,17 @@ def test_upgrade_creates_tables_at_head(db: tuple[str, Path]) -> None:
     assert not path.exists()  # looking must not create the file
     upgrade(url)
     tables = set(inspect(create_engine(url)).get_table_names())
-    assert {"receipts", "carbon_readings", "policy_versions", "alembic_version"} <= tables
-    assert current_revision(url) == head_revisions()[0] == "0001"
+    assert {
+        "receipts",
+        "carbon_readings",
+        "policy_versions",
+        "ledger_chains",
+        "receipt_rollups",
+        "verdicts",
+        "sampled_prompts",
+        "alembic_version",
+    } <= tables
+    assert current_revision(url) == head_revisions()[0] == "0002"
 
 
 def test_models_match_migrations(db: tuple[str, Path]) -> None:

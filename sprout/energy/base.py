@@ -46,12 +46,17 @@ class EnergySample:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a generation did, for meters that estimate from tokens."""
+    """What a generation did, for meters that estimate from tokens.
+
+    ``first_token_s`` (time to the first token, when the engine reports it) lets a meter
+    split the energy into prefill and decode.
+    """
 
     input_tokens: int
     output_tokens: int
     duration_s: float
     variant: str | None = None
+    first_token_s: float | None = None
 
 
 class EnergyMeter(abc.ABC):
@@ -71,3 +76,6 @@ class EnergyMeter(abc.ABC):
     @abc.abstractmethod
     def end(self, window: str, usage: Usage) -> EnergySample:
         """Close ``window`` and return the energy attributed to it."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most meters hold nothing
+        """Release resources (device handles, sampler threads)."""

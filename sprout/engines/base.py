@@ -24,6 +24,8 @@ class Generation:
             the baseline directive, when it knows one (replays do), for the always-L0
             counterfactual.
         first_token_s: time to the first token, when the engine reports it.
+        finish_reason: why generation ended, when the engine says (``stop``, ``length``, or
+            the guard rule that cut it: ``stop-sequence``, ``babble-code-block``...).
     """
 
     text: str
@@ -35,6 +37,7 @@ class Generation:
     baseline_energy_kwh: float | None = None
     baseline_time_s: float | None = None
     first_token_s: float | None = None
+    finish_reason: str | None = None
 
 
 class Engine(abc.ABC):
@@ -42,6 +45,9 @@ class Engine(abc.ABC):
 
     #: Engine name recorded in receipts.
     name: str = "abstract"
+    #: Whether generation runs on this machine, so that its GPU or CPU meters see it
+    #: (automatic meter choice measures only local engines and estimates the others).
+    runs_locally: bool = False
 
     @abc.abstractmethod
     def generate(self, request: ChatRequest) -> Generation:

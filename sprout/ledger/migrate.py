@@ -9,6 +9,7 @@ masked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,13 @@ CONNECT_TIMEOUT_S = 10
 _PG_MIGRATION_LOCK = 0x5350_524F_5554  # "SPROUT"
 
 #: Errors converted into LedgerError at this edge (ImportError: a missing DB driver).
-DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, CommandError, ImportError, OSError)
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    CommandError,
+    ImportError,
+    OSError,
+    ValueError,
+)
 
 
 def mask_url(url: str | URL) -> str:
@@ -102,7 +109,9 @@ def _prepare_sqlite_dir(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_ledger_engine(db_url: str, **kwargs: Any) -> Engine:
+def create_ledger_engine(
+    db_url: str, *, sqlite_synchronous: str | None = None, **kwargs: Any
+) -> Engine:
     """An engine with the ledger's settings.
 
     SQLite: usable from the writer thread (``check_same_thread=False``), WAL journal (readers
@@ -110,6 +119,12 @@ def create_ledger_engine(db_url: str, **kwargs: Any) -> Engine:
     connection so that every thread sees the same data. Other backends: a connect timeout
     and pre-ping, so that a restarted server does not fail the first write after it.
     Statement parameters are kept out of error messages (they would flood the logs).
+
+    Args:
+        db_url: SQLAlchemy URL.
+        sqlite_synchronous: SQLite ``PRAGMA synchronous`` (``NORMAL``: in WAL mode a commit
+            survives a killed process but not a power cut; default ``FULL``).
+        **kwargs: passed to :func:`sqlalchemy.create_engine`.
 
     Raises:
         LedgerError: bad URL or missing driver.
@@ -128,17 +143,36 @@ def create_ledger_engine(db_url: str, **kwargs: Any) -> Engine:
         options.update(kwargs)
         engine = create_engine(url, **options)
         if _is_sqlite(url):
-            event.listen(engine, "connect", _sqlite_pragmas)
+            if sqlite_synchronous not in (None, "NORMAL", "FULL", "EXTRA"):
+                raise ValueError(f"sqlite_synchronous={sqlite_synchronous!r}")
+            event.listen(engine, "connect", functools.partial(_sqlite_pragmas, sqlite_synchronous))
+            event.listen(engine, "begin", _sqlite_begin)
         return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+#: Execution option naming the SQLite ``BEGIN`` mode of a connection's transactions
+#: (``IMMEDIATE`` for writers: take the write lock at BEGIN, so that the busy timeout
+#: applies, instead of failing on a lock upgrade when another process committed meanwhile).
+SQLITE_BEGIN_OPTION = "sprout_sqlite_begin"
+
+
+def _sqlite_pragmas(synchronous: str | None, dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own implicit BEGIN cannot be told IMMEDIATE: turn it off, and let the
+    # "begin" event below start every transaction (SQLAlchemy's documented recipe).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if synchronous:
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
     finally:
         cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
 
 
 def alembic_config(db_url: str) -> Config:
@@ -248,6 +282,7 @@ def ensure_schema(db_url: str, *, engine: Engine | None = None) -> None:
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "SQLITE_BEGIN_OPTION",
     "SQLITE_BUSY_TIMEOUT_S",
     "alembic_config",
     "create_ledger_engine",

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -74,18 +75,23 @@ class Base(DeclarativeBase):
 
 
 class ReceiptRow(Base):
-    """One carbon receipt; one column per :class:`sprout.receipt.Receipt` field."""
+    """One carbon receipt; one column per :class:`sprout.receipt.Receipt` field, plus its
+    place in its writer's hash chain (see :mod:`sprout.ledger.chain`).
+
+    Only two indexes are kept, both cheap to extend because writes arrive in their order:
+    ``(created_at, request_id)`` (the idempotency key of a replayed receipt, and time ranges)
+    and ``(chain_id, seq)``. Reports read :class:`ReceiptRollupRow` instead of scanning.
+    """
 
     __tablename__ = "receipts"
     __table_args__ = (
-        Index(None, "ci_zone"),
-        Index(None, "directive"),
-        Index(None, "tenant"),
+        Index(None, "created_at", "request_id", unique=True),
+        Index(None, "chain_id", "seq", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     directive: Mapped[str] = mapped_column(String(64))
     decision: Mapped[str] = mapped_column(String(255))
     engine: Mapped[str] = mapped_column(String(255))
@@ -113,6 +119,111 @@ class ReceiptRow(Base):
     baseline_g: Mapped[float | None] = mapped_column(Double)
     baseline_source: Mapped[str | None] = mapped_column(String(64))
     prompt_id: Mapped[str | None] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32), server_default="serve")
+    chain_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerChainRow(Base):
+    """The recorded head of one writer's chain: how many rows it has and the last hash.
+
+    Updated in the same transaction as the rows, so that a missing tail is caught.
+    """
+
+    __tablename__ = "ledger_chains"
+
+    chain_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    receipt_count: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+#: The key columns of :class:`ReceiptRollupRow` (None is stored as "" so that keys compare).
+ROLLUP_KEYS: tuple[str, ...] = (
+    "bucket_start",
+    "ci_zone",
+    "directive",
+    "variant",
+    "tenant",
+    "energy_source",
+    "baseline_source",
+    "purpose",
+)
+
+
+class ReceiptRollupRow(Base):
+    """Hourly sums of receipts, maintained in the transaction that inserts them.
+
+    Derived data: ``sprout ledger verify`` checks them against the receipts.
+    """
+
+    __tablename__ = "receipt_rollups"
+    __table_args__ = (Index("uq_receipt_rollups_key", *ROLLUP_KEYS, unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    ci_zone: Mapped[str] = mapped_column(String(64))
+    directive: Mapped[str] = mapped_column(String(64))
+    variant: Mapped[str] = mapped_column(String(255))
+    tenant: Mapped[str] = mapped_column(String(255))
+    energy_source: Mapped[str] = mapped_column(String(64))
+    baseline_source: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(32))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    latency_s: Mapped[float] = mapped_column(Double)
+    energy_kwh: Mapped[float] = mapped_column(Double)
+    operational_g: Mapped[float] = mapped_column(Double)
+    embodied_g: Mapped[float] = mapped_column(Double)
+    ci_kwh: Mapped[float] = mapped_column(Double)
+    baseline_n: Mapped[int] = mapped_column(BigInteger)
+    baseline_g: Mapped[float] = mapped_column(Double)
+    baseline_actual_g: Mapped[float] = mapped_column(Double)
+
+
+class VerdictRow(Base):
+    """A judge's verdict on a sampled request: which directive's answer it preferred.
+
+    ``receipt_created_at`` with ``request_id`` finds the receipt through its unique index.
+    ``preferred_directive`` is None when the judge gave no usable verdict (or a tie).
+    """
+
+    __tablename__ = "verdicts"
+    __table_args__ = (Index(None, "receipt_created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    request_id: Mapped[str] = mapped_column(String(64))
+    receipt_created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    served_directive: Mapped[str] = mapped_column(String(64))
+    preferred_directive: Mapped[str | None] = mapped_column(String(64))
+    judge: Mapped[str] = mapped_column(String(255))
+    protocol: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SampledPromptRow(Base):
+    """A prompt kept for the quality loop; deleted after the retention period.
+
+    Prompt text is deliberately not part of the hashed receipt, so pruning it leaves every
+    chain verifiable.
+    """
+
+    __tablename__ = "sampled_prompts"
+    __table_args__ = (Index(None, "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    tenant: Mapped[str | None] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    prompt: Mapped[Any] = mapped_column(JSON)
 
 
 class CarbonReadingRow(Base):
@@ -152,16 +263,29 @@ class PolicyVersionRow(Base):
 receipts_table: Table = metadata.tables["receipts"]
 carbon_readings_table: Table = metadata.tables["carbon_readings"]
 policy_versions_table: Table = metadata.tables["policy_versions"]
+ledger_chains_table: Table = metadata.tables["ledger_chains"]
+receipt_rollups_table: Table = metadata.tables["receipt_rollups"]
+verdicts_table: Table = metadata.tables["verdicts"]
+sampled_prompts_table: Table = metadata.tables["sampled_prompts"]
 
 __all__ = [
     "NAMING_CONVENTION",
+    "ROLLUP_KEYS",
     "Base",
     "CarbonReadingRow",
+    "LedgerChainRow",
     "PolicyVersionRow",
+    "ReceiptRollupRow",
     "ReceiptRow",
+    "SampledPromptRow",
     "UTCDateTime",
+    "VerdictRow",
     "carbon_readings_table",
+    "ledger_chains_table",
     "metadata",
     "policy_versions_table",
+    "receipt_rollups_table",
     "receipts_table",
+    "sampled_prompts_table",
+    "verdicts_table",
 ]

@@ -1,40 +1,68 @@
-"""The ledger store: a buffered receipt writer with a disk spool, plus synchronous helpers.
+"""The ledger store: a buffered, hash-chaining receipt writer with a disk spool.
 
 :meth:`Ledger.append` only puts the receipt on an in-memory queue, so a request never waits
-for (or fails because of) the database. A daemon thread commits the queue in batches. When a
-batch cannot be committed (database down, locked, table missing...) it is appended to a JSON
-lines spool file and fsynced; every later flush first replays the spool, skipping receipts
-already stored, and removes it once it is in. A receipt the database refuses on its own (a
-value too long for its column, say) is moved to a ``*.rejected.jsonl`` file beside the spool
-instead of holding up the rest. Nothing is dropped silently.
+for (or fails because of) the database. A daemon thread commits the queue in batches; each
+batch is validated, chained (every ledger instance writes its own hash chain, see
+:mod:`sprout.ledger.chain`), inserted, folded into the hourly rollups and recorded in the
+chain's head, all in one transaction. Chain positions are assigned inside that transaction,
+from the head stored in the database, so a batch that fails takes no position and a receipt
+replayed later (or twice) chains like any other.
+
+When a batch cannot be committed (database down, locked, table missing...) it is appended to
+a JSON-lines spool file and fsynced; later cycles replay the spool, skipping receipts already
+stored (the key is ``(created_at, request_id)``), and remove it once it is in. Processes that
+share a spool file take turns on it through a file lock. A receipt the database would refuse
+on its own (a value too long for its column, say) is moved to a ``*.rejected.jsonl`` file
+beside the spool instead of holding up the rest. Nothing is dropped silently.
+
+Durability: in ``buffered`` mode a process killed with SIGKILL loses the receipts still in
+memory, at most those of the last flush interval (plus a batch being committed). In
+``durable`` mode :meth:`Ledger.append` first appends the receipt to a journal file private to
+this ledger and fsyncs it; the journal is truncated once its receipts are committed, and the
+journal of a dead process is adopted into the spool by the next ledger that starts beside it.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import hashlib
 import json
 import logging
+import operator
 import os
-import queue
+import secrets
+import socket
+import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Insert, func, insert, select
+from sqlalchemy import Connection, Insert, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sprout.carbon.base import CarbonReading
 from sprout.errors import ConfigError, LedgerError
+from sprout.ledger.chain import (
+    FIELD_KINDS,
+    FLOAT_FIELDS,
+    GENESIS_HASH,
+    HASHED_FIELDS,
+    NULL_FLOAT,
+    OTHER_FIELDS,
+    ChainHasher,
+    new_chain_id,
+)
 from sprout.ledger.migrate import (
+    SQLITE_BEGIN_OPTION,
     create_ledger_engine,
     describe_error,
     ensure_schema,
@@ -43,16 +71,45 @@ from sprout.ledger.migrate import (
     mask_url,
     sqlite_file,
 )
-from sprout.ledger.schema import carbon_readings_table, policy_versions_table, receipts_table
+from sprout.ledger.rollup import upsert_chain_range_sql
+from sprout.ledger.schema import (
+    carbon_readings_table,
+    ledger_chains_table,
+    policy_versions_table,
+    receipts_table,
+    sampled_prompts_table,
+    verdicts_table,
+)
 from sprout.receipt import Receipt
+
+try:  # POSIX: processes sharing a spool file take turns through flock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the spool is guarded per process only
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("sprout.ledger")
 
 RECEIPT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Receipt))
+#: ``buffered``: SIGKILL loses at most the last flush interval; ``durable``: nothing appended.
+DURABILITY_MODES: tuple[str, ...] = ("buffered", "durable")
 #: Rows per IN (...) lookup: far below SQLite's and PostgreSQL's bound-parameter limits.
 _LOOKUP_CHUNK = 500
 #: Longest wait between two replay attempts while the database stays down.
 _MAX_BACKOFF_S = 30.0
+#: Longest wait for another process's turn on the shared spool (its replay is bounded by the
+#: database timeouts).
+_SPOOL_LOCK_WAIT_S = 60.0
+#: A durable journal whose committed head grows past this is rewritten without it.
+_JOURNAL_COMPACT_BYTES = 2**20
+#: While a backlog waits, an appender yields the GIL to the writer every this many receipts.
+_YIELD_EVERY = 128
+#: How often a running ledger looks for journals left by dead processes.
+_ADOPT_EVERY_S = 30.0
+#: How SQLAlchemy stores a datetime in SQLite (a test checks that it still does).
+_DT_FORMAT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+#: PostgreSQL's INTEGER range; SQLite would take more, and both must store the same.
+_INT32 = 2**31
+_CHAIN_COLUMNS = ("chain_id", "seq", "prev_hash", "hash")
 
 
 @dataclass(frozen=True)
@@ -116,8 +173,205 @@ def _json_dict(receipt: Receipt) -> dict[str, Any]:
         return {name: getattr(receipt, name, None) for name in RECEIPT_FIELDS}
 
 
+def _prepared_record(row: _Prepared) -> dict[str, Any]:
+    """A prepared receipt back as the JSON record of :meth:`Receipt.to_json_dict`."""
+    record = dict(zip(HASHED_FIELDS, row[1], strict=True))
+    for name in ("created_at", "ci_time"):
+        value = record[name]
+        # SQLite's stored text is UTC: say so, so that the record reads back as the instant.
+        record[name] = (
+            value.isoformat() if isinstance(value, datetime) else f"{value[:10]}T{value[11:]}+00:00"
+        )
+    return record
+
+
 def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, default=str) + "\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Invalid(Exception):
+    """A receipt whose values its columns cannot hold (it is set aside, never chained)."""
+
+
+class _Conflict(Exception):
+    """Some row of a batch was stored meanwhile: redo the batch with a lookup."""
+
+
+#: A receipt ready to insert: (idempotency key, column values, hashed content: the JSON
+#: values and the packed floats of :func:`sprout.ledger.chain.canonical_content`).
+_Prepared = tuple[tuple[datetime, str], tuple[Any, ...], tuple[Any, ...], str]
+#: A queued receipt: (its prepared form, None, end of its journal line or 0), or, for one
+#: that cannot be stored, (the receipt, why, end). Only the prepared form is kept (not the
+#: Receipt): a tuple of atoms, which the cyclic GC stops tracking, where a queue of Receipts
+#: would be walked by every collection while it is long.
+_Item = tuple[Any, "_Invalid | None", int]
+
+
+def _make_preparer(dialect: Any) -> Callable[[Receipt], _Prepared]:
+    """A function that validates a receipt and converts it for ``dialect`` and for hashing.
+
+    Validation is what both backends would enforce (column lengths, 32-bit integers, no NUL
+    in text, finite floats, datetimes), so a receipt that passes is stored alike on SQLite
+    and PostgreSQL and hashes alike when read back, and one that fails never takes a chain
+    position. This runs for every receipt, so it works on groups of fields at C speed; on
+    SQLite the insert parameters double as the hashed content. The result equals
+    :func:`sprout.ledger.chain.canonical_content` (a test checks).
+    """
+    # SQLite stores datetimes as text (SQLAlchemy's format, which to_text reproduces).
+    sqlite_text = dialect.name == "sqlite"
+    getter = operator.attrgetter(*HASHED_FIELDS)
+    index = {name: i for i, name in enumerate(HASHED_FIELDS)}
+    req_str = [index[n] for n, k in FIELD_KINDS if k == "str"]
+    req_limits = tuple(receipts_table.c[HASHED_FIELDS[i]].type.length for i in req_str)
+    opt_str = [
+        (index[n], n, receipts_table.c[n].type.length) for n, k in FIELD_KINDS if k == "str?"
+    ]
+    ints = [(index[n], n) for n, k in FIELD_KINDS if k.startswith("int")]
+    float_indexes = [index[n] for n in FLOAT_FIELDS]
+    float_get = operator.itemgetter(*float_indexes)
+    others_get = operator.itemgetter(*(index[n] for n in OTHER_FIELDS))
+    pack = struct.Struct(f"<{len(FLOAT_FIELDS)}d").pack
+    created_index, ci_index = index["created_at"], index["ci_time"]
+    others_created = OTHER_FIELDS.index("created_at")
+    others_ci = OTHER_FIELDS.index("ci_time")
+    str_get = operator.itemgetter(*req_str, *(i for i, _, _ in opt_str))
+    min_limit = min(req_limits + tuple(limit for _, _, limit in opt_str))
+    int_get = operator.itemgetter(*(i for i, _ in ints))
+    good_signatures: set[tuple[type, ...]] = set()
+    # ci_time repeats across the receipts of one carbon reading: convert it once.
+    last_ci: list[tuple[Any, Any, str]] = [(None, None, "")]
+
+    def check_types(values: Sequence[Any]) -> None:
+        for (name, kind), v in zip(FIELD_KINDS, values, strict=True):
+            if v is None:
+                if kind.endswith("?"):
+                    continue
+                raise _Invalid(f"{name} is missing")
+            code = kind[0]
+            if (
+                (code == "s" and type(v) is not str)
+                or (code == "f" and type(v) not in (float, int))
+                or (code == "i" and type(v) is not int)
+                or (code == "d" and not isinstance(v, datetime))
+            ):
+                raise _Invalid(f"{name} must be a {kind.rstrip('?')}, got {type(v).__name__}")
+
+    def check_strings(values: Sequence[Any]) -> None:
+        for i, limit in zip(req_str, req_limits, strict=True):
+            v = values[i]
+            if len(v) > limit or "\x00" in v:
+                raise _Invalid(f"{HASHED_FIELDS[i]}: longer than {limit} or contains NUL")
+        for i, name, limit in opt_str:
+            v = values[i]
+            if v is not None and (len(v) > limit or "\x00" in v):
+                raise _Invalid(f"{name}: longer than {limit} or contains NUL")
+
+    def check_numbers(values: Sequence[Any]) -> None:
+        for i, name in ints:
+            v = values[i]
+            if v is not None and not -_INT32 <= v < _INT32:
+                raise _Invalid(f"{name} must fit 32 bits, got {v}")
+        for i in float_indexes:
+            v = values[i]
+            if v is not None and v - v != 0.0:
+                raise _Invalid(f"{HASHED_FIELDS[i]} must be finite, got {v!r}")
+
+    def to_text(v: datetime) -> tuple[datetime, str]:
+        utc = v if v.tzinfo is UTC else v.astimezone(UTC) if v.tzinfo else v.replace(tzinfo=UTC)
+        # The text SQLite stores (as SQLAlchemy writes it), which is also the hashed form.
+        return utc, _DT_FORMAT % (
+            utc.year,
+            utc.month,
+            utc.day,
+            utc.hour,
+            utc.minute,
+            utc.second,
+            utc.microsecond,
+        )
+
+    def prepare(receipt: Receipt) -> _Prepared:
+        values = getter(receipt)
+        signature = tuple(map(type, values))
+        if signature not in good_signatures:
+            check_types(values)
+            if len(good_signatures) < 4096:
+                good_signatures.add(signature)
+        # Cheap checks over whole groups; the slow ones run only to find what failed.
+        strs = [v for v in str_get(values) if v is not None]
+        if max(map(len, strs)) > min_limit or "\x00" in "".join(strs):
+            check_strings(values)
+        for v in int_get(values):
+            if v is not None and not -_INT32 <= v < _INT32:
+                check_numbers(values)
+        floats = float_get(values)
+        if None in floats:
+            present: Sequence[float] = [v for v in floats if v is not None]
+            packed = tuple(NULL_FLOAT if v is None else v for v in floats)
+        else:
+            present = packed = floats
+        total = sum(present)
+        if total - total != 0.0:  # some value is NaN or infinite (or the sum overflowed)
+            check_numbers(values)
+        params = list(values)
+        if 0.0 in present:  # -0.0 == 0.0: store and hash every zero as +0.0
+            packed = tuple(0.0 if v == 0.0 else v for v in packed)
+            for i, v in zip(float_indexes, floats, strict=True):
+                if v == 0.0:
+                    params[i] = 0.0
+        floats_hex = pack(*packed).hex()
+        utc_created, created_text = to_text(values[created_index])
+        params[created_index] = created_text if sqlite_text else utc_created
+        ci_time = values[ci_index]
+        cached = last_ci[0]
+        if cached[0] is not ci_time:
+            cached = last_ci[0] = (ci_time, *to_text(ci_time))
+        params[ci_index] = cached[2] if sqlite_text else cached[1]
+        if sqlite_text:
+            others: Sequence[Any] = others_get(params)
+        else:
+            others = list(others_get(params))
+            others[others_created] = created_text
+            others[others_ci] = cached[2]
+        # Tuples only: holding nothing but atoms, they drop out of the cyclic GC's sight, which
+        # otherwise walks every queued receipt again and again (a quarter of the ingest time).
+        return (utc_created, values[0]), tuple(params), tuple(others), floats_hex
+
+    return prepare
+
+
+_INSERT_COLUMNS = (*HASHED_FIELDS, *_CHAIN_COLUMNS)
+
+
+def _insert_sql(dialect: Any, rows: int = 1) -> str:
+    """The receipt INSERT of ``rows`` rows, skipping those whose (created_at, request_id) is
+    stored."""
+    if dialect.paramstyle == "qmark":
+        mark = "?"
+    elif dialect.paramstyle in ("format", "pyformat"):
+        mark = "%s"
+    else:  # pragma: no cover - sqlite3 and psycopg are the supported drivers
+        raise LedgerError(f"ledger: unsupported driver parameter style {dialect.paramstyle}")
+    row = f"({', '.join(mark for _ in _INSERT_COLUMNS)})"
+    return (
+        f"INSERT INTO receipts ({', '.join(_INSERT_COLUMNS)}) VALUES {', '.join([row] * rows)} "
+        "ON CONFLICT (created_at, request_id) DO NOTHING"
+    )
+
+
+def _rows_per_insert(dialect: Any) -> int:
+    """Rows per multi-row INSERT on SQLite (0: use executemany), within its variable limit."""
+    if dialect.name != "sqlite":
+        return 0
+    import sqlite3
+
+    limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+    return max(1, limit // len(_INSERT_COLUMNS))
 
 
 class _Flush:
@@ -132,20 +386,94 @@ class _Flush:
 _STOP = object()
 
 
+class _Journal:
+    """A durable ledger's private journal: fsynced receipt lines not yet committed.
+
+    The owner holds an exclusive ``flock`` on it for its lifetime, so another ledger can
+    tell a dead writer's journal (lock free) from a live one's. Offsets are logical (they
+    keep growing across truncations) so that queued receipts can name their line's end.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._base = 0
+        self._size = 0
+        self._poisoned = False  # a receipt of it could be neither committed nor spooled
+
+    def write(self, data: bytes, then: Callable[[int], None]) -> None:
+        """Append ``data`` and fsync; ``then(end)`` runs under the same lock (to enqueue)."""
+        with self._lock:
+            _write_all(self._fd, data)
+            os.fsync(self._fd)
+            self._size += len(data)
+            then(self._base + self._size)
+
+    def handled(self, end: int, safe: bool) -> None:
+        """Receipts up to logical offset ``end`` are committed or spooled (if ``safe``)."""
+        with self._lock:
+            self._poisoned = self._poisoned or not safe
+            if self._poisoned:
+                return  # keep every line: the next ledger adopts the journal
+            if end == self._base + self._size:
+                os.ftruncate(self._fd, 0)
+                self._base, self._size = end, 0
+            elif end - self._base > _JOURNAL_COMPACT_BYTES:
+                self._compact(end)
+
+    def _compact(self, end: int) -> None:
+        with open(self.path, "rb") as fh:
+            fh.seek(end - self._base)
+            tail = fh.read()
+        tmp = self.path.with_name(self.path.name.replace(".journal-", ".compact-"))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, tail)
+            os.fsync(fd)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(tmp, self.path)  # a crash leaves the old or the new file: both replay
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        self._base, self._size = end, len(tail)
+
+    def close(self) -> None:
+        """Close; the file is removed when every line in it was handled."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            if self._size == 0 and not self._poisoned:
+                self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = -1
+
+
 class Ledger:
     """The carbon ledger on a SQLAlchemy database (SQLite file or PostgreSQL).
 
     Args:
         db_url: SQLAlchemy URL, e.g. ``sqlite:///ledger.db`` or
             ``postgresql+psycopg://user:pw@host/db``.
-        flush_interval_s: longest time a receipt waits in memory before its batch commits.
+        flush_interval_s: longest time a receipt waits in memory before its batch commits
+            (in ``buffered`` mode, what a SIGKILL can lose).
         spool_path: where receipts go while the database is unusable (default: beside a
             SQLite file, else ``sprout-ledger.spool.jsonl`` in the working directory).
+            Processes may share it.
         batch_size: receipts per insert; a full batch commits without waiting.
         migrate: bring the schema to the latest migration first (cheap when it is there).
+        durability: ``buffered`` or ``durable`` (each receipt fsynced to a journal beside
+            the spool before :meth:`append` returns).
 
     Raises:
-        ConfigError: a non-positive ``flush_interval_s`` or ``batch_size``.
+        ConfigError: a non-positive ``flush_interval_s`` or ``batch_size``, an unknown
+            ``durability``.
         LedgerError: the engine cannot be created or the migration failed.
     """
 
@@ -157,27 +485,42 @@ class Ledger:
         spool_path: str | Path | None = None,
         batch_size: int = 500,
         migrate: bool = True,
+        durability: str = "buffered",
     ) -> None:
         if not flush_interval_s > 0:
             raise ConfigError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+        if durability not in DURABILITY_MODES:
+            raise ConfigError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}"
+            )
         self._url = db_url
         self._interval = float(flush_interval_s)
         self._batch_size = int(batch_size)
+        self._durability = durability
+        self._chain_id = new_chain_id()
+        self._hasher = ChainHasher(self._chain_id)
         self._spool_path = (
             Path(spool_path) if spool_path is not None else default_spool_path(db_url)
         )
         self._rejected_path = self._spool_path.with_name(
             self._spool_path.name.removesuffix(".jsonl") + ".rejected.jsonl"
         )
-        self._spool_lock = threading.Lock()
+        self._spool_lock = threading.RLock()
+        self._spool_depth = 0
+        self._lock_fd = -1
         self._spool_count = self._prepare_spool()
 
         path = sqlite_file(db_url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_ledger_engine(db_url)
+        # Buffered mode already trades the last flush interval for speed; its commits need
+        # not wait for the disk (a killed process still loses nothing committed). Durable
+        # mode truncates its journal after a commit, so that commit must be on disk.
+        self._engine = create_ledger_engine(
+            db_url, sqlite_synchronous="NORMAL" if durability == "buffered" else "FULL"
+        )
         try:
             if migrate:
                 ensure_schema(db_url, engine=self._engine)
@@ -188,16 +531,32 @@ class Ledger:
         self._db_lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if is_sqlite_memory(db_url) else contextlib.nullcontext()
         )
-        dialect = self._engine.dialect.name
-        self._receipt_insert = _insert_ignoring(dialect, receipts_table, ["request_id"])
+        dialect = self._engine.dialect
+        self._prepare = _make_preparer(dialect)
+        self._receipt_sql = _insert_sql(dialect)
+        self._rows_per_insert = _rows_per_insert(dialect)
+        self._multi_sql: dict[int, str] = {}
+        self._rollup_sql = text(upsert_chain_range_sql(dialect.name))
         self._reading_insert = _insert_ignoring(
-            dialect, carbon_readings_table, ["zone", "time", "provider", "is_forecast"]
+            dialect.name, carbon_readings_table, ["zone", "time", "provider", "is_forecast"]
         )
 
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._journal: _Journal | None = None
+        if durability == "durable":
+            token = secrets.token_hex(8)
+            self._journal = _Journal(
+                self._spool_path.with_name(f"{self._spool_path.name}.journal-{token}")
+            )
+        self._next_adopt = time.monotonic() + _ADOPT_EVERY_S
+        self._adopt_orphan_journals()
+
+        # Receipts and markers, in order; a deque and an event cost less per receipt than a
+        # queue.Queue (the writer wakes per batch, not per receipt).
+        self._pending: collections.deque[_Item | object] = collections.deque()
+        self._wake = threading.Event()
         self._state_lock = threading.Lock()
-        self._appended = 0
-        self._handled = 0
+        self._markers = 0  # flush/stop markers queued
+        self._in_flight = 0  # receipts taken by the writer, not yet committed or spooled
         self._closed = False
         self._outage: str | None = None  # current failure, so an outage is logged once
         self._backoff = self._interval
@@ -233,24 +592,54 @@ class Ledger:
         """Where receipts the database refuses on their own are kept."""
         return self._rejected_path
 
+    @property
+    def chain_id(self) -> str:
+        """The id of this ledger's hash chain (``host:pid:random``)."""
+        return self._chain_id
+
+    @property
+    def durability(self) -> str:
+        """``buffered`` or ``durable``."""
+        return self._durability
+
+    @property
+    def journal_path(self) -> Path | None:
+        """The durable journal (None in buffered mode)."""
+        return None if self._journal is None else self._journal.path
+
     # ---------------------------------------------------------------- buffered writer
 
     def append(self, receipt: Receipt) -> None:
-        """Queue a receipt for the background writer. Never blocks on the database, never raises.
+        """Queue a receipt for the background writer. Never waits on the database, never raises.
 
-        After :meth:`close`, the receipt is written straight to the spool file.
+        The receipt is validated and converted here, in the caller's thread (CPU only), so
+        that this work overlaps the writer's database time. In durable mode the receipt is
+        first fsynced to the journal. After :meth:`close`, it goes straight to the spool file.
         """
         try:
             if not isinstance(receipt, Receipt):
                 log.error("ledger: ignoring %r, which is not a Receipt", type(receipt).__name__)
                 return
+            item = self._item(receipt, 0)
+            if self._journal is not None and not self._closed:
+                self._append_durable(receipt, item)
+                return
+            queued = 0
             with self._state_lock:
                 closed = self._closed
                 if not closed:
-                    self._appended += 1
-                    self._queue.put_nowait(receipt)
+                    self._pending.append(item)
+                    queued = len(self._pending)
+                    if queued % self._batch_size == 0:
+                        self._wake.set()
+            if queued > self._batch_size and queued % _YIELD_EVERY == 0:
+                # A backlog: let the writer have the GIL now and then. Otherwise each of its
+                # returns from SQLite waits out the interpreter's switch interval (5 ms) while
+                # appenders run, and it falls ever further behind a burst. Not a wait on the
+                # database: the writer's next stretch of Python is all it can cost.
+                time.sleep(0)
             if closed:
-                self._spool([receipt])
+                self._spool([_json_dict(receipt)])
                 log.warning(
                     "ledger %s is closed: receipt %s spooled to %s",
                     self.url,
@@ -259,6 +648,40 @@ class Ledger:
                 )
         except Exception:  # the request path must never fail because of the ledger
             log.exception("ledger: could not take receipt %s", getattr(receipt, "request_id", "?"))
+
+    def _item(self, receipt: Receipt, end: int) -> _Item:
+        """The queue item of ``receipt``: prepared, or set aside with the reason."""
+        try:
+            return self._prepare(receipt), None, end
+        except _Invalid as e:
+            return receipt, e, end
+        except Exception as e:  # not a Receipt as the dataclass declares it
+            return receipt, _Invalid(repr(e)), end
+
+    def _append_durable(self, receipt: Receipt, item: _Item) -> None:
+        assert self._journal is not None
+        line = _json_line(_json_dict(receipt)).encode("utf-8")
+        closed = False
+
+        def enqueue(end: int) -> None:
+            nonlocal closed
+            with self._state_lock:
+                closed = self._closed
+                if not closed:
+                    self._pending.append((item[0], item[1], end))
+                    if len(self._pending) % self._batch_size == 0:
+                        self._wake.set()
+
+        try:
+            self._journal.write(line, enqueue)
+        except OSError as e:
+            # The journal is unusable: still take the receipt, as buffered mode would.
+            log.error(
+                "ledger: journal %s failed (%s); receipt kept in memory", self._journal.path, e
+            )
+            enqueue(-1)
+        if closed:  # closed meanwhile: the journal line is adopted by the next ledger
+            self._spool([_json_dict(receipt)])
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every receipt appended so far is committed or spooled.
@@ -271,14 +694,17 @@ class Ledger:
         marker = _Flush()
         with self._state_lock:
             if self._closed or not self._thread.is_alive():
-                return self._appended == self._handled
-            self._queue.put_nowait(marker)
+                return not self._pending and not self._in_flight
+            self._pending.append(marker)
+            self._markers += 1
+        self._wake.set()
         return marker.done.wait(timeout_s)
 
     def pending(self) -> int:
         """Receipts appended but not yet committed or spooled."""
         with self._state_lock:
-            return self._appended - self._handled
+            queued = sum(1 for item in self._pending if type(item) is tuple)
+            return queued + self._in_flight
 
     def spooled(self) -> int:
         """Receipts waiting in the spool file."""
@@ -290,11 +716,14 @@ class Ledger:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put_nowait(_STOP)
+            self._pending.append(_STOP)
+            self._markers += 1
+        self._wake.set()
         atexit.unregister(self._at_exit)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            # Disposing the engine under a busy writer would turn its batch into errors.
+            # Disposing the engine under a busy writer would turn its batch into errors; the
+            # journal (durable mode) stays for the next ledger to adopt.
             log.warning(
                 "ledger %s: writer still busy after %.1f s; %d receipts not yet written",
                 self.url,
@@ -302,6 +731,12 @@ class Ledger:
                 self.pending(),
             )
             return
+        if self._journal is not None:
+            self._journal.close()
+        with self._spool_lock:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
         self._engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -316,56 +751,81 @@ class Ledger:
         self.close()
 
     def _run(self) -> None:
-        batch: list[Receipt] = []
-        deadline: float | None = None
+        """The writer: a batch per flush interval, or sooner when full or asked to flush."""
+        pending, wake, size = self._pending, self._wake, self._batch_size
         while True:
-            timeout = self._interval if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if isinstance(item, Receipt):
-                batch.append(item)
-                if deadline is None:
-                    deadline = time.monotonic() + self._interval
-                if len(batch) < self._batch_size and time.monotonic() < deadline:
-                    continue
-                self._cycle(batch, force_replay=False)
-            elif isinstance(item, _Flush):
+            deadline = time.monotonic() + self._interval
+            wake.clear()  # before looking, so that a wake-up given meanwhile is not missed
+            while len(pending) < size and not self._markers:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wake.wait(remaining)
+                wake.clear()
+            batch: list[_Item] = []
+            marker: object = None
+            with self._state_lock:
+                while len(batch) < size and pending:
+                    item = pending.popleft()
+                    if type(item) is tuple:
+                        batch.append(item)
+                    else:
+                        marker = item
+                        self._markers -= 1
+                        break
+                self._in_flight = len(batch)
+            if isinstance(marker, _Flush):
                 self._cycle(batch, force_replay=True)
-                item.done.set()
-            elif item is _STOP:
+                marker.done.set()
+            elif marker is _STOP:
                 # No forced replay on close: a down database would only make close() slow,
                 # and whatever stays spooled is replayed by the next Ledger on this spool.
                 self._cycle(batch, force_replay=False)
                 return
-            else:  # timer: commit a partial batch, retry the spool when due
+            else:  # a full batch, or the timer: commit, retry the spool when due
                 self._cycle(batch, force_replay=False)
-            batch = []
-            deadline = None
 
-    def _cycle(self, batch: list[Receipt], *, force_replay: bool) -> None:
+    def _cycle(self, batch: list[_Item], *, force_replay: bool) -> None:
         """Commit ``batch`` (after the spool, if any), or spool it. Never raises."""
+        safe = False
         try:
+            if force_replay or time.monotonic() >= self._next_adopt:
+                self._adopt_orphan_journals()
             if self._spool_count and not self._replay(force=force_replay):
                 # Still failing: keep arrival order and don't hammer the database.
-                if batch:
-                    self._spool(batch)
+                safe = self._spool([self._record(item) for item in batch])
             elif batch:
+                rows: list[_Prepared] = []
+                for item in batch:
+                    if item[1] is None:
+                        rows.append(item[0])
+                    else:
+                        self._reject(
+                            {**_json_dict(item[0]), "_error": f"invalid receipt: {item[1]}"}
+                        )
                 try:
-                    self._write(batch, replay=False)
+                    self._write(rows, replay=False)
                 except (sa_exc.SQLAlchemyError, OSError) as e:
                     self._note_outage(e)
-                    self._spool(batch)
+                    safe = self._spool([_prepared_record(row) for row in rows])
                 else:
+                    safe = True
                     self._note_recovery()
+            else:
+                safe = True
         except Exception:
             log.exception("ledger %s: unexpected error writing %d receipts", self.url, len(batch))
             with contextlib.suppress(Exception):
-                self._spool(batch)
+                safe = self._spool([self._record(item) for item in batch])
         finally:
             with self._state_lock:
-                self._handled += len(batch)
+                self._in_flight = 0
+            if self._journal is not None and batch:
+                end = batch[-1][2]
+                try:
+                    self._journal.handled(end, safe and end >= 0)
+                except OSError as e:
+                    log.error("ledger: journal %s: %s", self._journal.path, e)
 
     # ---------------------------------------------------------------- database writes
 
@@ -374,48 +834,163 @@ class Ledger:
         with self._db_lock, self._engine.begin() as conn:
             yield conn
 
-    def _insert_receipts(self, receipts: Sequence[Receipt], *, replay: bool) -> None:
-        """Insert in one transaction, skipping request_ids already stored (idempotent replay)."""
-        with self._begin() as conn:
-            ids = [r.request_id for r in receipts]
-            existing: set[str] = set()
-            for chunk in _chunks(ids, _LOOKUP_CHUNK):
-                col = receipts_table.c.request_id
-                existing.update(conn.scalars(select(col).where(col.in_(chunk))))
-            rows: list[dict[str, Any]] = []
-            for r in receipts:
-                if r.request_id in existing:
-                    continue
-                existing.add(r.request_id)  # also drops repeats inside the batch
-                rows.append({name: getattr(r, name) for name in RECEIPT_FIELDS})
-            if rows:
-                conn.execute(self._receipt_insert, rows)  # executemany
-        skipped = len(receipts) - len(rows)
-        if skipped and not replay:
-            log.warning(
-                "ledger %s: skipped %d receipts whose request_id is stored", self.url, skipped
-            )
+    @contextlib.contextmanager
+    def _begin_write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so waiting writers queue up)."""
+        with self._db_lock, self._engine.connect() as conn:
+            conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
 
-    def _write(self, receipts: Sequence[Receipt], *, replay: bool) -> None:
-        """Insert ``receipts``; rows the database refuses on their own go to the rejected file.
+    def _read_head(self, conn: Connection) -> tuple[int, str]:
+        """This chain's stored (count, last hash); the head row is created when missing."""
+        t = ledger_chains_table
+        row = conn.execute(
+            select(t.c.receipt_count, t.c.last_hash).where(t.c.chain_id == self._chain_id)
+        ).first()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        now = datetime.now(UTC)
+        conn.execute(
+            insert(t).values(
+                chain_id=self._chain_id,
+                created_at=now,
+                updated_at=now,
+                host=socket.gethostname()[:255],
+                pid=os.getpid(),
+                receipt_count=0,
+                last_hash=GENESIS_HASH,
+            )
+        )
+        return 0, GENESIS_HASH
+
+    def _stored_keys(
+        self, conn: Connection, keys: Sequence[tuple[datetime, str]]
+    ) -> set[tuple[datetime, str]]:
+        """Which ``(created_at, request_id)`` keys are stored (via their unique index)."""
+        t = receipts_table
+        found: set[tuple[datetime, str]] = set()
+        for chunk in _chunks(sorted(set(keys)), _LOOKUP_CHUNK):
+            stmt = select(t.c.created_at, t.c.request_id).where(
+                t.c.created_at.in_(sorted({k[0] for k in chunk})),
+                t.c.request_id.in_(sorted({k[1] for k in chunk})),
+            )
+            found.update((created, rid) for created, rid in conn.execute(stmt))
+        return found
+
+    def _insert_receipts(self, rows: Sequence[_Prepared], *, replay: bool) -> int:
+        """Chain and insert ``rows`` in one transaction, with rollups and the chain head.
+
+        Receipts already stored are skipped (idempotent replay): on replay by looking them
+        up first; otherwise the insert skips them and a shortfall redoes the batch with the
+        lookup, so that no chain position is spent on a skipped row.
+
+        Returns:
+            The number of receipts inserted.
+        """
+        for attempt in range(3):
+            try:
+                with self._begin_write() as conn:
+                    return self._insert_in(conn, rows, lookup=replay or attempt > 0)
+            except _Conflict:
+                continue  # rolled back; a concurrent writer stored a key after the lookup
+        # Treated as an outage: the batch is spooled and replayed later.
+        raise sa_exc.OperationalError(
+            "INSERT INTO receipts",
+            None,
+            RuntimeError("receipts kept colliding with another writer"),
+        )
+
+    def _insert_in(self, conn: Connection, rows: Sequence[_Prepared], *, lookup: bool) -> int:
+        todo: Sequence[_Prepared] = rows
+        if lookup:
+            stored = self._stored_keys(conn, [row[0] for row in rows])
+            todo = []
+            for row in rows:
+                if row[0] not in stored:
+                    stored.add(row[0])  # also drops repeats inside the batch
+                    todo.append(row)
+            if len(todo) < len(rows):
+                log.info(
+                    "ledger %s: skipped %d receipts already stored", self.url, len(rows) - len(todo)
+                )
+        # Without the lookup, a stored key (or one repeated in the batch) makes the insert
+        # skip a row: the row count tells, and the batch is redone with the lookup.
+        if not todo:
+            return 0
+        count, prev = self._read_head(conn)
+        chain_id, seq, hasher = self._chain_id, count, self._hasher.hash
+        inserted = 0
+        per = self._rows_per_insert or len(todo)
+        for start in range(0, len(todo), per):
+            # SQLite: multi-row INSERTs, each binding ~960 rows at once: it releases the GIL
+            # once per statement, where executemany releases it per row and then waits out
+            # the appending threads' switch interval (5 ms) to get it back.
+            chunk = todo[start : start + per]
+            flat: list[Any] = []
+            rows: list[tuple[Any, ...]] = []
+            for _, values, others, floats_hex in chunk:
+                seq += 1
+                digest = hasher(seq, prev, others, floats_hex)
+                if self._rows_per_insert:
+                    flat += values
+                    flat += (chain_id, seq, prev, digest)
+                else:
+                    rows.append((*values, chain_id, seq, prev, digest))
+                prev = digest
+            if self._rows_per_insert:
+                sql = self._multi_sql.get(len(chunk))
+                if sql is None:
+                    sql = self._multi_sql.setdefault(
+                        len(chunk), _insert_sql(conn.dialect, len(chunk))
+                    )
+                inserted += conn.exec_driver_sql(sql, tuple(flat)).rowcount
+            else:
+                inserted += conn.exec_driver_sql(self._receipt_sql, rows).rowcount
+        if inserted < 0 and self._rows_per_insert == 0:
+            inserted = len(todo)  # the driver does not count executemany rows
+        if inserted != len(todo):
+            raise _Conflict  # a row was stored already (by another writer, or a replay)
+        conn.execute(self._rollup_sql, {"chain_id": chain_id, "lo": count, "hi": seq})
+        t = ledger_chains_table
+        conn.execute(
+            update(t)
+            .where(t.c.chain_id == chain_id)
+            .values(receipt_count=seq, last_hash=prev, updated_at=datetime.now(UTC))
+        )
+        return len(todo)
+
+    def _record(self, item: _Item) -> dict[str, Any]:
+        """The JSON record (spool line) of a queue item."""
+        return _prepared_record(item[0]) if item[1] is None else _json_dict(item[0])
+
+    def _write(self, rows: Sequence[_Prepared], *, replay: bool) -> None:
+        """Insert prepared receipts; ones the database still refuses go to the rejected file.
+
+        Args:
+            rows: prepared receipts.
+            replay: they come from the spool (look up stored ones first).
 
         Raises:
             SQLAlchemyError: the database is unusable (the caller spools or keeps the batch).
         """
+        if not rows:
+            return
         try:
-            self._insert_receipts(receipts, replay=replay)
+            self._insert_receipts(rows, replay=replay)
             return
         except sa_exc.SQLAlchemyError as e:
             if not _is_row_error(e):
                 raise
-        # Some row is bad: insert one by one so that only the bad ones are set aside.
-        for receipt in receipts:
+        # Some row is refused all the same: one by one, so that only the bad ones are set aside
+        # (each in its own transaction, so a refused row takes no chain position).
+        for row in rows:
             try:
-                self._insert_receipts([receipt], replay=replay)
+                self._insert_receipts([row], replay=True)
             except sa_exc.SQLAlchemyError as e:
                 if not _is_row_error(e):
                     raise
-                self._reject({**_json_dict(receipt), "_error": describe_error(e, self._url)})
+                self._reject({**_prepared_record(row), "_error": describe_error(e, self._url)})
 
     def _note_outage(self, error: BaseException) -> None:
         what = describe_error(error, self._url)
@@ -439,44 +1014,90 @@ class Ledger:
 
     # ---------------------------------------------------------------- spool
 
+    @contextlib.contextmanager
+    def _spool_guard(self) -> Iterator[None]:
+        """This process's turn on the spool: a thread lock, then the shared file lock.
+
+        Raises:
+            OSError: the file lock could not be had within ``_SPOOL_LOCK_WAIT_S``.
+        """
+        with self._spool_lock:
+            outermost = self._spool_depth == 0
+            if outermost and fcntl is not None:
+                if self._lock_fd < 0:
+                    self._spool_path.parent.mkdir(parents=True, exist_ok=True)
+                    self._lock_fd = os.open(
+                        self._spool_path.with_name(self._spool_path.name + ".lock"),
+                        os.O_RDWR | os.O_CREAT,
+                        0o600,
+                    )
+                deadline = time.monotonic() + _SPOOL_LOCK_WAIT_S
+                delay = 0.005
+                while True:
+                    try:
+                        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise OSError(
+                                f"spool {self._spool_path} stayed locked by another process "
+                                f"for {_SPOOL_LOCK_WAIT_S:.0f} s"
+                            ) from None
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.2)
+            self._spool_depth += 1
+            try:
+                yield
+            finally:
+                self._spool_depth -= 1
+                if outermost and fcntl is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def _prepare_spool(self) -> int:
         """Count receipts left in the spool by an earlier run; end a torn last line."""
         try:
-            data = self._spool_path.read_bytes()
-        except FileNotFoundError:
-            return 0
+            with self._spool_guard():
+                try:
+                    data = self._spool_path.read_bytes()
+                except FileNotFoundError:
+                    return 0
+                if data and not data.endswith(b"\n"):
+                    # A crash mid-write left half a line; new lines must not be glued to it.
+                    with open(self._spool_path, "ab") as fh:
+                        fh.write(b"\n")
         except OSError as e:
             raise LedgerError(f"ledger spool {self._spool_path} cannot be read: {e}") from e
-        if data and not data.endswith(b"\n"):
-            # A crash mid-write left half a line; new lines must not be glued to it.
-            with open(self._spool_path, "ab") as fh:
-                fh.write(b"\n")
         if data.strip():
             log.info("ledger: %s holds receipts from an earlier run; replaying", self._spool_path)
         return sum(1 for line in data.splitlines() if line.strip())
 
-    def _spool(self, receipts: Sequence[Receipt]) -> None:
-        """Append receipts to the spool and fsync it."""
-        if not receipts:
-            return
-        payload = "".join(_json_line(_json_dict(r)) for r in receipts).encode("utf-8")
-        with self._spool_lock:
-            try:
-                self._spool_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self._spool_path, "ab") as fh:
-                    fh.write(payload)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError as e:
-                # Last resort: the receipts go to the log rather than nowhere.
-                log.error(
-                    "ledger: cannot write spool %s (%s); receipts follow:\n%s",
-                    self._spool_path,
-                    e,
-                    payload.decode("utf-8"),
-                )
-                return
-            self._spool_count += len(receipts)
+    def _spool(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Append receipt records to the spool and fsync it; False if that failed."""
+        if not records:
+            return True
+        payload = "".join(_json_line(r) for r in records).encode("utf-8")
+        try:
+            with self._spool_guard():
+                self._append_to_spool(payload, len(records))
+        except OSError as e:
+            # Last resort: the receipts go to the log rather than nowhere.
+            log.error(
+                "ledger: cannot write spool %s (%s); receipts follow:\n%s",
+                self._spool_path,
+                e,
+                payload.decode("utf-8"),
+            )
+            return False
+        return True
+
+    def _append_to_spool(self, payload: bytes, lines: int) -> None:
+        """Append and fsync (the caller holds the spool guard)."""
+        self._spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._spool_path, "ab") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._spool_count += lines
 
     def _reject(self, record: dict[str, Any]) -> None:
         log.error(
@@ -509,56 +1130,106 @@ class Ledger:
         return True
 
     def _replay_spool(self) -> int:
-        with self._spool_lock:
-            try:
-                end = self._spool_path.stat().st_size
-            except FileNotFoundError:
+        """Insert the spool's receipts (skipping stored ones) and remove it.
+
+        The spool stays locked throughout, so that no other process appends to (or replays)
+        it meanwhile; a failure leaves it whole, and what was committed is skipped next time.
+        """
+        with self._spool_guard():
+            count = 0
+            receipts: list[Receipt] = []
+            if not self._spool_path.exists():
                 self._spool_count = 0
                 return 0
-        # Read only up to ``end``: lines appended meanwhile stay for the next replay.
-        receipts: list[Receipt] = []
-        count = 0
-        with open(self._spool_path, "rb") as fh:
-            while fh.tell() < end:
-                line = fh.readline()
-                if not line.strip():
-                    continue
-                try:
-                    receipts.append(Receipt.from_json_dict(json.loads(line)))
-                except (ValueError, TypeError, KeyError) as e:
-                    self._reject(
-                        {
-                            "_error": f"unreadable spool line: {e!r}",
-                            "_line": line.decode("utf-8", "replace"),
-                        }
-                    )
-                    continue
-                if len(receipts) >= self._batch_size:
-                    self._write(receipts, replay=True)
+            with open(self._spool_path, "rb") as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    try:
+                        receipts.append(Receipt.from_json_dict(json.loads(line)))
+                    except (ValueError, TypeError, KeyError) as e:
+                        self._reject(
+                            {
+                                "_error": f"unreadable spool line: {e!r}",
+                                "_line": line.decode("utf-8", "replace"),
+                            }
+                        )
+                        continue
+                    if len(receipts) >= self._batch_size:
+                        self._write(self._prepare_valid(receipts), replay=True)
+                        count += len(receipts)
+                        receipts = []
+                if receipts:
+                    self._write(self._prepare_valid(receipts), replay=True)
                     count += len(receipts)
-                    receipts = []
-        if receipts:
-            self._write(receipts, replay=True)
-            count += len(receipts)
-        self._drop_spool_head(end)
-        return count
+            self._spool_path.unlink(missing_ok=True)
+            self._spool_count = 0
+            return count
 
-    def _drop_spool_head(self, end: int) -> None:
-        """Remove the first ``end`` bytes (now in the database) from the spool."""
-        with self._spool_lock:
-            data = self._spool_path.read_bytes()
-            rest = data[end:]
-            if not rest:
-                self._spool_path.unlink()
-                self._spool_count = 0
-                return
-            tmp = self._spool_path.with_name(self._spool_path.name + ".tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(rest)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._spool_path)
-            self._spool_count = sum(1 for line in rest.splitlines() if line.strip())
+    def _prepare_valid(self, receipts: Sequence[Receipt]) -> list[_Prepared]:
+        """Prepared forms of ``receipts``; invalid ones are set aside."""
+        rows = []
+        for receipt in receipts:
+            item = self._item(receipt, 0)
+            if item[1] is None:
+                rows.append(item[0])
+            else:
+                self._reject({**_json_dict(receipt), "_error": f"invalid receipt: {item[1]}"})
+        return rows
+
+    def _adopt_orphan_journals(self) -> int:
+        """Move the journals of dead durable ledgers beside this spool into the spool.
+
+        A journal's owner holds a ``flock`` on it while alive, so a journal whose lock can
+        be taken is an orphan. Adopted lines are replayed like spooled ones (stored
+        receipts skipped). Never raises.
+
+        Returns:
+            The number of lines adopted.
+        """
+        self._next_adopt = time.monotonic() + _ADOPT_EVERY_S
+        if fcntl is None:
+            return 0
+        own = None if self._journal is None else self._journal.path
+        adopted = 0
+        try:
+            candidates = sorted(self._spool_path.parent.glob(self._spool_path.name + ".journal-*"))
+        except OSError:
+            return 0
+        for path in candidates:
+            if path == own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue  # adopted by someone else meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its ledger is alive
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # another ledger adopted it while we waited
+                with open(fd, "rb", closefd=False) as fh:
+                    data = fh.read()
+                lines = sum(1 for line in data.splitlines() if line.strip())
+                if lines:
+                    if not data.endswith(b"\n"):
+                        data += b"\n"  # a torn line (its append never returned) is set aside
+                    with self._spool_guard():
+                        self._append_to_spool(data, lines)
+                    log.warning(
+                        "ledger: adopted %d receipts from %s, left by a stopped process",
+                        lines,
+                        path,
+                    )
+                path.unlink(missing_ok=True)
+                adopted += lines
+            except OSError as e:
+                log.error("ledger: cannot adopt journal %s: %s", path, e)
+            finally:
+                os.close(fd)
+        return adopted
 
     # ---------------------------------------------------------------- synchronous helpers
 
@@ -715,6 +1386,105 @@ class Ledger:
         with ledger_errors(self._url, "counting receipts"), self._begin() as conn:
             return int(conn.scalar(select(func.count()).select_from(receipts_table)) or 0)
 
+    def add_verdict(
+        self,
+        receipt: Receipt,
+        preferred_directive: str | None,
+        *,
+        judge: str,
+        protocol: str = "listwise",
+        detail: dict[str, Any] | None = None,
+        created_at: datetime | None = None,
+    ) -> int:
+        """Store a judge's verdict on a served request.
+
+        Args:
+            receipt: the request's receipt (its id, time and served directive are recorded).
+            preferred_directive: the directive whose answer the judge preferred; None for no
+                usable verdict (a tie, a refusal, junk).
+            judge: the judge model.
+            protocol: ``listwise`` or ``pairwise``.
+            detail: anything else worth keeping (JSON data).
+            created_at: when the verdict was given (default: now, UTC).
+
+        Returns:
+            The verdict's id.
+
+        Raises:
+            LedgerError: ``detail`` is not JSON data, or the write failed.
+        """
+        try:
+            detail_data = json.loads(canonical_json(detail or {}))
+        except (TypeError, ValueError) as e:
+            raise LedgerError(f"verdict for {receipt.request_id}: detail is not JSON: {e}") from e
+        row = {
+            "created_at": created_at or datetime.now(UTC),
+            "request_id": receipt.request_id,
+            "receipt_created_at": receipt.created_at,
+            "served_directive": receipt.directive,
+            "preferred_directive": preferred_directive,
+            "judge": judge,
+            "protocol": protocol,
+            "detail": detail_data,
+        }
+        with ledger_errors(self._url, "storing a verdict"), self._begin() as conn:
+            result = conn.execute(insert(verdicts_table).values(**row))
+            return int(result.inserted_primary_key[0])
+
+    def add_sampled_prompt(
+        self,
+        request_id: str,
+        prompt: Any,
+        *,
+        created_at: datetime | None = None,
+        tenant: str | None = None,
+        purpose: str = "serve",
+    ) -> bool:
+        """Keep a sampled request's prompt for the quality loop, until retention prunes it.
+
+        The prompt is stored apart from the hashed receipt, so pruning it later leaves every
+        chain verifiable.
+
+        Args:
+            request_id: the request (its receipt has the same id).
+            prompt: the chat messages or prompt text (JSON data).
+            created_at: when the request was made (default: now, UTC).
+            tenant: the app's tenant.
+            purpose: ``serve`` or ``evaluation``.
+
+        Returns:
+            False when a prompt for ``request_id`` was stored already (it is kept).
+
+        Raises:
+            LedgerError: ``prompt`` is not JSON data, or the write failed.
+        """
+        try:
+            prompt_data = json.loads(canonical_json(prompt))
+        except (TypeError, ValueError) as e:
+            raise LedgerError(f"sampled prompt {request_id}: not JSON: {e}") from e
+        row = {
+            "request_id": request_id,
+            "created_at": created_at or datetime.now(UTC),
+            "tenant": tenant,
+            "purpose": purpose,
+            "prompt": prompt_data,
+        }
+        stmt = _insert_ignoring(
+            self._engine.dialect.name, sampled_prompts_table, ["request_id"]
+        ).values(**row)
+        with ledger_errors(self._url, "storing a sampled prompt"), self._begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    def verify(self) -> Any:
+        """Check every hash chain of this database: see :func:`sprout.ledger.verify.verify`.
+
+        Receipts still queued are not included: :meth:`flush` first.
+        """
+        from sprout.ledger.verify import verify
+
+        with self._db_lock:
+            return verify(self._url, engine=self._engine)
+
 
 def _insert_ignoring(dialect: str, table: Any, index_elements: list[str]) -> Insert:
     """INSERT that skips rows clashing on ``index_elements`` where the dialect can say so.
@@ -730,6 +1500,7 @@ def _insert_ignoring(dialect: str, table: Any, index_elements: list[str]) -> Ins
 
 
 __all__ = [
+    "DURABILITY_MODES",
     "RECEIPT_FIELDS",
     "Ledger",
     "PolicyVersionRecord",

@@ -1,0 +1,202 @@
+"""``sprout ledger verify|report|plot|prune``: the auditor's and operator's commands.
+
+Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
+Every command takes ``--db URL`` (default ``$SPROUT_DB_URL``, else the SQLite file in the
+working directory) and ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="ledger SQLAlchemy URL (default: $SPROUT_DB_URL, else a SQLite file in the "
+        "working directory)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="settings TOML file ($SPROUT_CONFIG)")
+
+
+def _add_window(parser: argparse.ArgumentParser) -> None:
+    from sprout.ledger.audit import PURPOSES
+
+    parser.add_argument("--since", metavar="TIME", help="from this ISO 8601 date/time (UTC)")
+    parser.add_argument("--until", metavar="TIME", help="up to (excluding) this date/time")
+    parser.add_argument("--zone", help="only this grid zone")
+    parser.add_argument("--directive", help="only this directive")
+    parser.add_argument("--variant", help="only this model variant ('' for none)")
+    parser.add_argument("--tenant", help="only this tenant ('' for none)")
+    parser.add_argument("--purpose", choices=PURPOSES, help="only served or evaluation requests")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from sprout.config import load_settings
+
+    return load_settings(config=args.config, db_url=args.db)
+
+
+def _report(args: argparse.Namespace, group_by: str) -> Any:
+    from sprout.ledger.audit import ledger_report, parse_time
+
+    settings = _settings(args)
+    return ledger_report(
+        settings.db_url,
+        since=None if args.since is None else parse_time(args.since, option="--since"),
+        until=None if args.until is None else parse_time(args.until, option="--until"),
+        group_by=group_by,
+        filters={
+            "zone": args.zone,
+            "directive": args.directive,
+            "variant": args.variant,
+            "tenant": args.tenant,
+            "purpose": args.purpose,
+        },
+    )
+
+
+def _existing_ledger(settings: Any) -> None:
+    """Refuse to audit a SQLite file that does not exist (rather than create an empty one);
+    bring an older schema to the current one, as every writer does."""
+    from sprout.errors import ConfigError
+    from sprout.ledger.migrate import ensure_schema, sqlite_file
+
+    path = sqlite_file(settings.db_url)
+    if path is not None and not path.exists():
+        raise ConfigError(f"no ledger at {path} (give --db URL or set SPROUT_DB_URL)")
+    ensure_schema(settings.db_url)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from sprout.ledger.verify import verify
+
+    settings = _settings(args)
+    _existing_ledger(settings)
+    result = verify(settings.db_url, check_rollups=not args.no_rollups)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.summary())
+    return EXIT_OK if result.ok else EXIT_FAILURE
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sprout.ledger.audit import format_report
+
+    _existing_ledger(_settings(args))
+    text = format_report(_report(args, args.group_by), args.format)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from sprout.ledger.plot import plot_report
+
+    _existing_ledger(_settings(args))
+    out = plot_report(_report(args, args.bucket), args.out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from sprout.ledger.audit import parse_time
+    from sprout.ledger.locks import job_lock
+    from sprout.ledger.retention import prune_cutoff, prune_prompts
+
+    settings = _settings(args)
+    _existing_ledger(settings)
+    days = settings.prompt_retention_days if args.days is None else args.days
+    now = None if args.now is None else parse_time(args.now, option="--now")
+    cutoff = prune_cutoff(days, now)
+    if cutoff is None:
+        print("retention is 0 days: sampled prompts are kept forever; nothing to prune")
+        return EXIT_OK
+    with job_lock(settings.db_url, "prune") as acquired:
+        if not acquired:
+            print("another process is pruning this ledger; nothing done")
+            return EXIT_OK
+        n = prune_prompts(settings.db_url, days, now=now, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {n} sampled prompts stored before {cutoff:%Y-%m-%d %H:%M:%S} UTC")
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``sprout ledger ...`` to the main parser's subparsers."""
+    from sprout.ledger.audit import FORMATS, GROUP_BYS
+    from sprout.ledger.plot import BUCKETS
+
+    ledger = subparsers.add_parser(
+        "ledger",
+        help="audit the carbon ledger: verify, report, plot, prune",
+        description="Audit commands over the carbon ledger.",
+    )
+    sub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check the hash chains; exit 0 only when the ledger is intact",
+        description="Recompute every receipt's hash, check each chain's links and recorded "
+        "head, the hourly rollups and the policy versions; name the first altered, deleted "
+        "or inserted row of each chain. Exit code 0 only when intact, 1 otherwise.",
+    )
+    _add_common(verify)
+    verify.add_argument("--no-rollups", action="store_true", help="skip the rollup check")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=_cmd_verify)
+
+    report = sub.add_parser(
+        "report",
+        help="totals per day, hour, zone, directive, variant or tenant",
+        description="Requests, kWh by energy source, output tokens per joule, gCO2e "
+        "operational and embodied, savings against the always-L0 counterfactual (and how it "
+        "was estimated), judge-preferred share and evaluation overhead.",
+    )
+    _add_common(report)
+    _add_window(report)
+    report.add_argument("--group-by", choices=GROUP_BYS, default="day", help="(default day)")
+    report.add_argument("--format", choices=FORMATS, default="table", help="(default table)")
+    report.add_argument("--output", "-o", metavar="FILE", help="write to FILE, not stdout")
+    report.set_defaults(func=_cmd_report)
+
+    plot = sub.add_parser(
+        "plot",
+        help="draw carbon intensity, emissions and savings over time",
+        description="Draws the energy-weighted carbon intensity, operational and embodied "
+        "emissions, and savings against always-L0 (per bucket and cumulative, net of "
+        "evaluation overhead) to an image file.",
+    )
+    _add_common(plot)
+    _add_window(plot)
+    plot.add_argument("--bucket", choices=BUCKETS, default="hour", help="(default hour)")
+    plot.add_argument(
+        "--out", "-o", default="sprout-ledger.png", help="image file (default sprout-ledger.png)"
+    )
+    plot.set_defaults(func=_cmd_plot)
+
+    prune = sub.add_parser(
+        "prune",
+        help="delete sampled prompts past the retention period",
+        description="Deletes stored sampled prompts older than the retention period "
+        "(setting prompt_retention_days, default 30; 0 keeps them). Receipts and their hash "
+        "chains are never pruned and still verify. Replicas take turns (a job lock).",
+    )
+    _add_common(prune)
+    prune.add_argument("--days", type=float, help="retention in days (default: the setting)")
+    prune.add_argument("--now", metavar="TIME", help="prune as of this time (default: now)")
+    prune.add_argument("--dry-run", action="store_true", help="only count")
+    prune.set_defaults(func=_cmd_prune)
+    return ledger
+
+
+__all__ = ["register"]

@@ -1,0 +1,346 @@
+"""``sprout ledger verify``: check every hash chain, its recorded head, and the rollups.
+
+Each row's hash is recomputed from its stored content with the reference encoding of
+:mod:`sprout.ledger.chain` (independently of the writer's fast path), each row must link to
+the one before it in its chain, sequence numbers must run 1, 2, ... without gaps, and the last
+row must match the chain's recorded head (count and hash). So an altered row, a deleted row,
+a truncated tail, a row inserted into a chain or a chain with no head are each named, with
+the row's id, request id, chain and seq. The hourly rollups (derived data that reports read)
+are checked against the receipts, and stored policy versions against their SHA-256.
+
+What this cannot catch by itself is a wholesale rewrite by someone who recomputes every hash
+and head: keep :attr:`VerifyResult.heads_digest` somewhere else to catch that too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, column, select, text
+
+from sprout.ledger.chain import GENESIS_HASH, HASHED_FIELDS, canonical_content, row_hash
+from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
+from sprout.ledger.rollup import SUM_NAMES, aggregate_sql
+from sprout.ledger.schema import (
+    ROLLUP_KEYS,
+    UTCDateTime,
+    ledger_chains_table,
+    policy_versions_table,
+    receipt_rollups_table,
+    receipts_table,
+)
+
+#: Rows fetched per round trip while streaming the chains.
+_FETCH_ROWS = 5000
+#: Relative tolerance of rollup float sums (summed in another order than the receipts).
+_SUM_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One integrity problem.
+
+    Attributes:
+        kind: ``altered``, ``deleted``, ``inserted``, ``truncated``, ``rollup`` or
+            ``policy``.
+        message: what is wrong, naming the row (id, request id, chain, seq).
+        chain_id, seq, row_id, request_id: the row or chain concerned, where there is one.
+    """
+
+    kind: str
+    message: str
+    chain_id: str | None = None
+    seq: int | None = None
+    row_id: int | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify` found."""
+
+    url: str
+    chains: int = 0
+    receipts: int = 0
+    rollups_checked: bool = False
+    problems: list[Problem] = field(default_factory=list)
+    #: Problems found in all (``problems`` keeps the first ``max_problems``).
+    problem_count: int = 0
+    #: SHA-256 over every chain head (id, count, last hash): keep it outside the database
+    #: to detect a rewrite that recomputed every hash.
+    heads_digest: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return self.problem_count == 0
+
+    def summary(self) -> str:
+        """A few lines for a person."""
+        checked = "hashes, links, heads" + (", rollups" if self.rollups_checked else "")
+        head = f"ledger {self.url}: {self.chains} chains, {self.receipts} receipts"
+        if self.ok:
+            return f"{head}\nOK: intact ({checked} checked)\nheads digest {self.heads_digest}"
+        lines = [head, f"FAILED: {self.problem_count} problem(s) ({checked} checked)"]
+        lines += [f"  {p.kind}: {p.message}" for p in self.problems]
+        if self.problem_count > len(self.problems):
+            lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "url": self.url,
+            "ok": self.ok,
+            "chains": self.chains,
+            "receipts": self.receipts,
+            "rollups_checked": self.rollups_checked,
+            "problem_count": self.problem_count,
+            "problems": [p.__dict__ for p in self.problems],
+            "heads_digest": self.heads_digest,
+        }
+
+
+class _Collector:
+    def __init__(self, result: VerifyResult, limit: int) -> None:
+        self.result = result
+        self.limit = limit
+
+    def add(self, kind: str, message: str, **where: Any) -> None:
+        self.result.problem_count += 1
+        if len(self.result.problems) < self.limit:
+            self.result.problems.append(Problem(kind, message, **where))
+
+
+def _span(first: int, last: int) -> str:
+    return f"seq {first} was" if first == last else f"seq {first}..{last} were"
+
+
+def _describe(row: Any) -> str:
+    return f"row id {row.id} (request {row.request_id}, chain {row.chain_id} seq {row.seq})"
+
+
+def verify(
+    db_url: str,
+    *,
+    engine: Engine | None = None,
+    check_rollups: bool = True,
+    max_problems: int = 100,
+) -> VerifyResult:
+    """Check the ledger at ``db_url``.
+
+    Args:
+        db_url: SQLAlchemy URL of the ledger.
+        engine: an existing engine for it (else one is made and disposed).
+        check_rollups: also compare the hourly rollups with the receipts.
+        max_problems: problems kept in the result (all are counted).
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
+    own = engine is None
+    eng = engine if engine is not None else create_ledger_engine(db_url)
+    result = VerifyResult(url=mask_url(db_url))
+    problems = _Collector(result, max_problems)
+    try:
+        with ledger_errors(db_url, "verifying"), eng.connect() as conn:
+            heads = _heads(conn)
+            result.heads_digest = _heads_digest(heads)
+            _check_chains(conn, heads, result, problems)
+            _check_policies(conn, problems)
+            if check_rollups:
+                _check_rollups(conn, problems)
+                result.rollups_checked = True
+    finally:
+        if own:
+            eng.dispose()
+    return result
+
+
+def _heads(conn: Any) -> dict[str, tuple[int, str]]:
+    t = ledger_chains_table
+    rows = conn.execute(select(t.c.chain_id, t.c.receipt_count, t.c.last_hash))
+    return {chain_id: (int(count), last_hash) for chain_id, count, last_hash in rows}
+
+
+def _heads_digest(heads: dict[str, tuple[int, str]]) -> str:
+    digest = hashlib.sha256()
+    for chain_id in sorted(heads):
+        count, last_hash = heads[chain_id]
+        digest.update(f"{chain_id}\t{count}\t{last_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def _stream(conn: Any) -> Iterator[Any]:
+    t = receipts_table
+    stmt = select(
+        t.c.id, t.c.chain_id, t.c.seq, t.c.prev_hash, t.c.hash, *(t.c[n] for n in HASHED_FIELDS)
+    ).order_by(t.c.chain_id, t.c.seq, t.c.id)
+    yield from conn.execution_options(yield_per=_FETCH_ROWS).execute(stmt)
+
+
+def _check_chains(
+    conn: Any, heads: dict[str, tuple[int, str]], result: VerifyResult, problems: _Collector
+) -> None:
+    unseen = dict(heads)
+    current: str | None = None
+    expected, prev_hash = 1, GENESIS_HASH
+    last: Any = None
+    past_head_reported = False
+    n_values = len(HASHED_FIELDS)
+
+    def finish() -> None:
+        if current is None:
+            return
+        result.chains += 1
+        head = unseen.pop(current, None)
+        if head is None:
+            problems.add(
+                "inserted",
+                f"chain {current} has no recorded head: its rows (the first at "
+                f"{_describe(first)}) were inserted, or its head was deleted",
+                chain_id=current,
+                seq=first.seq,
+                row_id=first.id,
+                request_id=first.request_id,
+            )
+            return
+        count, head_hash = head
+        if last.seq < count:
+            problems.add(
+                "truncated",
+                f"chain {current}: its head records {count} receipts but the rows end at "
+                f"{_describe(last)}: {_span(last.seq + 1, count)} deleted",
+                chain_id=current,
+                seq=last.seq + 1,
+            )
+        elif last.seq == count and last.hash != head_hash:
+            problems.add(
+                "altered",
+                f"chain {current}: the last row, {_describe(last)}, does not match the "
+                "recorded head's hash (the row was altered and rehashed, or replaced)",
+                chain_id=current,
+                seq=last.seq,
+                row_id=last.id,
+                request_id=last.request_id,
+            )
+
+    first: Any = None
+    for row in _stream(conn):
+        result.receipts += 1
+        if row.chain_id != current:
+            finish()
+            current, expected, prev_hash = row.chain_id, 1, GENESIS_HASH
+            first, past_head_reported = row, False
+        where = {
+            "chain_id": row.chain_id,
+            "seq": row.seq,
+            "row_id": row.id,
+            "request_id": row.request_id,
+        }
+        head = heads.get(row.chain_id)
+        if row.seq < expected:
+            problems.add(
+                "inserted",
+                f"{_describe(row)} repeats a position already taken in its chain: inserted",
+                **where,
+            )
+            continue
+        if head is not None and row.seq > head[0] and not past_head_reported:
+            past_head_reported = True
+            problems.add(
+                "inserted",
+                f"{_describe(row)} lies past its chain's recorded head ({head[0]} "
+                "receipts): inserted",
+                **where,
+            )
+        gap = row.seq > expected
+        if gap:
+            problems.add(
+                "deleted",
+                f"chain {row.chain_id}: {_span(expected, row.seq - 1)} deleted (the gap is "
+                f"before {_describe(row)})",
+                chain_id=row.chain_id,
+                seq=expected,
+            )
+        values = tuple(row[5 : 5 + n_values])
+        try:
+            computed = row_hash(row.chain_id, row.seq, row.prev_hash, canonical_content(values))
+        except (TypeError, ValueError) as e:
+            computed = f"unhashable: {e}"
+        if computed != row.hash:
+            problems.add(
+                "altered", f"{_describe(row)}: its content does not match its hash", **where
+            )
+        elif not gap and row.prev_hash != prev_hash:
+            problems.add(
+                "altered",
+                f"{_describe(row)} does not link to the row before it in its chain: that "
+                "row was altered and rehashed, or this one was inserted in its place",
+                **where,
+            )
+        expected, prev_hash, last = row.seq + 1, row.hash, row
+    finish()
+    for chain_id, (count, _) in sorted(unseen.items()):
+        if count > 0:
+            result.chains += 1
+            problems.add(
+                "truncated",
+                f"chain {chain_id}: its head records {count} receipts but none are stored: deleted",
+                chain_id=chain_id,
+                seq=1,
+            )
+
+
+def _check_policies(conn: Any, problems: _Collector) -> None:
+    from sprout.ledger.store import params_sha256
+
+    t = policy_versions_table
+    for row in conn.execute(select(t.c.id, t.c.kind, t.c.params, t.c.sha256)):
+        try:
+            actual = params_sha256(row.params)
+        except (TypeError, ValueError):
+            actual = ""
+        if actual != row.sha256:
+            problems.add(
+                "policy",
+                f"policy version {row.id} ({row.kind}): params do not match their sha256",
+                row_id=row.id,
+            )
+
+
+def _check_rollups(conn: Any, problems: _Collector) -> None:
+    dialect = conn.dialect.name
+    # Typed by position, so that bucket_start compares with the rollups' datetimes.
+    typed = text(aggregate_sql(dialect, "1 = 1")).columns(
+        column("bucket_start", UTCDateTime()),
+        *(column(f"c{i}") for i in range(1, len(ROLLUP_KEYS) + len(SUM_NAMES))),
+    )
+    expected = {tuple(row[: len(ROLLUP_KEYS)]): row for row in conn.execute(typed)}
+    t = receipt_rollups_table
+    stored = {
+        tuple(row[: len(ROLLUP_KEYS)]): row
+        for row in conn.execute(select(*(t.c[k] for k in (*ROLLUP_KEYS, *SUM_NAMES))))
+    }
+    for key in sorted(set(expected) | set(stored), key=repr):
+        want, have = expected.get(key), stored.get(key)
+        label = f"rollup {key[0]:%Y-%m-%d %H:00} " + "/".join(str(k) for k in key[1:])
+        if want is None or have is None:
+            problems.add(
+                "rollup",
+                f"{label}: "
+                + ("no receipts have this key" if want is None else "missing from the rollups"),
+            )
+            continue
+        for i, name in enumerate(SUM_NAMES, start=len(ROLLUP_KEYS)):
+            a, b = float(want[i] or 0), float(have[i] or 0)
+            if not math.isclose(a, b, rel_tol=_SUM_RTOL, abs_tol=1e-12):
+                problems.add("rollup", f"{label}: {name} is {b:g}, the receipts give {a:g}")
+                break
+
+
+__all__ = ["Problem", "VerifyResult", "verify"]

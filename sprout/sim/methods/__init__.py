@@ -1,0 +1,1 @@
+"""Simulated methods: the interface and registry (``base``) and the built-ins."""

@@ -1,0 +1,191 @@
+"""The interface every simulated method implements, and the registry of methods by name.
+
+A method is created fresh for each run (one seed, one xi), told the run's setup once
+(:meth:`Method.start`), then asked hour by hour, in order (:meth:`Method.decide`). Each hour
+it answers either with :class:`Shares` (a population mix over its levels, as Sprout's LP
+gives) or with an :class:`Assignment` (one level per judged prompt of the hour, as a
+per-request policy gives). The engine, not the method, computes carbon and quality, so no
+method can grade itself.
+
+Honesty is by contract: :class:`HourInputs` carries the hour's true quality (oracles use it)
+and whether the offline evaluator runs this hour (Sprout may only refresh its estimate then).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from sprout.data import LEVELS
+from sprout.directives import DirectiveSet
+from sprout.errors import ConfigError
+from sprout.policy.base import CarbonContext
+from sprout.sim.carbon import CarbonWindow
+from sprout.sim.sampling import HourSamples
+from sprout.sim.workload import PromptSplit, WorkloadArrays
+
+
+def verdict_code(level: str) -> int | None:
+    """Index of ``level`` in the judge's verdict coding (``L0, L1, L2``), None if unjudged."""
+    return LEVELS.index(level) if level in LEVELS else None
+
+
+@dataclass(frozen=True)
+class HourInputs:
+    """What a method is shown in one hour.
+
+    Attributes:
+        hour: index in the window (from 0).
+        carbon: intensity now and the min/max/mean the mode allows.
+        energy_kwh: (keys,) mean energy per request per recorded key, this hour's sample.
+        time_s: (keys,) mean latency per request per recorded key.
+        quality: (3,) true share of this hour's judged prompts preferring L0, L1, L2.
+        judged_rows: (n,) workload rows of this hour's judged prompts (the requests a
+            per-request method assigns).
+        evaluator_runs: the offline evaluator runs this hour (Sprout's timing rule).
+    """
+
+    hour: int
+    carbon: CarbonContext
+    energy_kwh: np.ndarray
+    time_s: np.ndarray
+    quality: np.ndarray
+    judged_rows: np.ndarray
+    evaluator_runs: bool
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """Everything fixed for one run: one seed's samples, one xi, one mode.
+
+    Attributes:
+        workload: the prompts and their measured costs and verdicts.
+        carbon: the per-hour carbon contexts.
+        samples: the per-hour samples.
+        evaluator_runs: (hours,) when the offline evaluator runs.
+        directives: the directive levels (index 0 is the baseline).
+        xi: the largest relative quality concession.
+        embodied_g_per_s: the server's embodied-carbon rate.
+        split: which judged prompts are evaluated (the rest may train a method).
+    """
+
+    workload: WorkloadArrays
+    carbon: CarbonWindow
+    samples: HourSamples
+    evaluator_runs: np.ndarray
+    directives: DirectiveSet
+    xi: float
+    embodied_g_per_s: float
+    split: PromptSplit = field(default_factory=PromptSplit)
+
+    @property
+    def hours(self) -> int:
+        """Length of the window."""
+        return self.carbon.hours
+
+    def hour(self, h: int) -> HourInputs:
+        """The inputs of hour ``h``."""
+        s = self.samples
+        return HourInputs(
+            hour=h,
+            carbon=self.carbon.context(h),
+            energy_kwh=s.energy_kwh[h],
+            time_s=s.time_s[h],
+            quality=s.quality[h],
+            judged_rows=s.judged_rows[h],
+            evaluator_runs=bool(self.evaluator_runs[h]),
+        )
+
+    def level_carbon_g(self, levels: tuple[str, ...]) -> np.ndarray:
+        """(hours, levels) mean carbon per request at each level, by the hourly samples."""
+        cols = [self.workload.key_index(name) for name in levels]
+        s = self.samples
+        return (
+            s.energy_kwh[:, cols] * self.carbon.ci_g_per_kwh[:, None]
+            + self.embodied_g_per_s * s.time_s[:, cols]
+        )
+
+
+@dataclass(frozen=True)
+class Shares:
+    """A population mix: share of requests per level of the method (sums to 1)."""
+
+    x: np.ndarray
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A per-request choice: for each of the hour's judged prompts, a level index."""
+
+    level: np.ndarray
+
+
+class Method(abc.ABC):
+    """A policy under evaluation.
+
+    Subclasses set :attr:`name` and implement :meth:`decide`; they may override
+    :meth:`levels` (default: the policy file's directives) and :meth:`start`.
+    """
+
+    #: Registry key, e.g. ``sprout``.
+    name: ClassVar[str] = ""
+    #: One line for ``--help`` and reports.
+    summary: ClassVar[str] = ""
+    #: A note printed beside the method's results (e.g. why preference is missing).
+    note: ClassVar[str] = ""
+
+    def levels(self, setup: SimSetup) -> tuple[str, ...]:
+        """The levels this method's decisions index (recorded keys)."""
+        return setup.directives.names
+
+    def start(self, setup: SimSetup) -> None:  # noqa: B027 - optional hook
+        """Called once before hour 0."""
+
+    @abc.abstractmethod
+    def decide(self, hour: HourInputs) -> Shares | Assignment:
+        """The method's decision for ``hour``."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(factory: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    if not factory.name:
+        raise ValueError(f"{factory.__name__} has no name")
+    _REGISTRY[factory.name] = factory
+    return factory
+
+
+def _load_builtins() -> None:
+    # Importing registers them; done on first use, not at import of this module.
+    from sprout.sim.methods import builtin  # noqa: F401
+
+
+def method_names() -> tuple[str, ...]:
+    """Names of the registered methods, in registration order."""
+    _load_builtins()
+    return tuple(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    """The method class registered as ``name``.
+
+    Raises:
+        ConfigError: naming the known methods, for an unknown name.
+    """
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def create_method(name: str) -> Method:
+    """A fresh instance of the method registered as ``name``."""
+    return method_class(name)()

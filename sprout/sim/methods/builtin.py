@@ -1,0 +1,8 @@
+"""Imports the built-in methods so that they register (done lazily by the registry)."""
+
+# ruff: noqa: I001 - import order is registration order, which is the report's row order.
+from __future__ import annotations
+
+from sprout.sim.methods import simple, lp, oracle_request
+
+__all__ = ["lp", "oracle_request", "simple"]
