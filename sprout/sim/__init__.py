@@ -1,4 +1,4 @@
-"""Trace-driven evaluation of policies (the Sprout protocol), see ``docs/EVALUATION.md``.
+"""Trace-driven evaluation of policies: the Sprout paper's protocol (see the README).
 
 Modules, one job each: ``workload`` (bundled prompts as arrays, the evaluated split),
 ``mix`` (the shifting workload mix), ``sampling`` (per-hour samples), ``carbon`` (per-hour
