@@ -179,6 +179,7 @@ def build_ledger(settings: Settings) -> Ledger:
         settings.db_url,
         flush_interval_s=settings.ledger_flush_interval_s,
         spool_path=settings.ledger_spool or None,
+        durability=settings.ledger_durability,
     )
 
 

@@ -234,3 +234,11 @@ def test_policy_version_is_stored_once_and_reused(sqlite_url, clock):
         version = ledger.latest_policy_version("sprout-lp")
     assert version.params["xi"] == 0.1
     assert version.params["stats"]["levels"] == ["L0", "L1", "L2"]
+
+
+def test_durable_setting_reaches_the_ledger(sqlite_url, clock):
+    settings = load_settings(
+        env={}, db_url=sqlite_url, carbon_provider="static", ledger_durability="durable"
+    )
+    with build_controller(settings, engine=_Echo(), clock=clock.now) as c:
+        assert c.ledger.durability == "durable"

@@ -28,7 +28,7 @@ from test_ledger_durability import SLACK_S, appended, kill, start_writer, wait_f
 
 from sprout.ledger.audit import ledger_report
 from sprout.ledger.locks import job_lock
-from sprout.ledger.migrate import current_revision, head_revisions, upgrade
+from sprout.ledger.migrate import current_revision, downgrade, head_revisions, upgrade
 from sprout.ledger.retention import prune_prompts
 from sprout.ledger.schema import metadata
 from sprout.ledger.store import Ledger
@@ -50,6 +50,12 @@ def pg() -> Iterator[PostgresServer]:
         pytest.fail(f"cannot start the test PostgreSQL server: {e}", pytrace=False)
     yield server
     server.close()
+
+
+@pytest.fixture(autouse=True)
+def _spool_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A PostgreSQL ledger spools to the working directory by default: not the repository's.
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
@@ -79,9 +85,13 @@ def test_schema_through_alembic_matches_the_models(pg_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
-    upgrade(pg_url, "0001")  # and back down, and up again
+    with Ledger(pg_url, flush_interval_s=0.05) as led:
+        led.append(make_receipt(1))
+    downgrade(pg_url, "0001")  # and back down, and up again, with a receipt in
+    assert current_revision(pg_url) == "0001"
     upgrade(pg_url)
     assert current_revision(pg_url) == head_revisions()[0]
+    assert verify(pg_url).ok
 
 
 def test_round_trip_verify_report_and_retention(pg_url: str) -> None:

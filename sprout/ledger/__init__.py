@@ -1,1 +1,15 @@
-"""The carbon ledger: schema, buffered writer, audit queries."""
+"""The carbon ledger.
+
+- :mod:`~sprout.ledger.schema`: the tables (SQLAlchemy models; changed only by migrations);
+- :mod:`~sprout.ledger.migrate`: engines and Alembic migrations;
+- :mod:`~sprout.ledger.store`: :class:`~sprout.ledger.store.Ledger`, the buffered,
+  hash-chaining writer with its spool and durable journal;
+- :mod:`~sprout.ledger.chain`: the hash-chain encoding (pure);
+- :mod:`~sprout.ledger.rollup`: hourly rollups maintained on write;
+- :mod:`~sprout.ledger.verify`, :mod:`~sprout.ledger.audit`, :mod:`~sprout.ledger.plot`:
+  integrity checks, reports and plots (``sprout ledger verify|report|plot``);
+- :mod:`~sprout.ledger.locks`: cluster-wide job locks; :mod:`~sprout.ledger.retention`:
+  pruning of sampled prompts (``sprout ledger prune``).
+
+Nothing is imported here, so importing a submodule stays cheap.
+"""

@@ -26,19 +26,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, column, select, text
+from sqlalchemy import Engine, and_, bindparam, select, text
 
 from sprout.accounting import J_PER_KWH
 from sprout.errors import ConfigError
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
-from sprout.ledger.rollup import NO_BASELINE, SUM_NAMES, aggregate_sql
-from sprout.ledger.schema import (
-    ROLLUP_KEYS,
-    UTCDateTime,
-    receipt_rollups_table,
-    receipts_table,
-    verdicts_table,
-)
+from sprout.ledger.rollup import NO_BASELINE, SUM_NAMES, SUMS, key_exprs
+from sprout.ledger.schema import ROLLUP_KEYS, UTCDateTime, receipts_table, verdicts_table
 
 GROUP_BYS: tuple[str, ...] = ("day", "hour", "zone", "directive", "variant", "tenant")
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
@@ -245,13 +239,14 @@ def ledger_report(
     try:
         with ledger_errors(db_url, "reporting"), eng.connect() as conn:
             groups: dict[str, ReportRow] = {}
-            for key, sums in _key_rows(conn, since, until, active):
-                row = _group_row(groups, group_by, key)
-                _fold(row, key, sums)
+            for value, energy, baseline, purpose, sums in _group_rows(
+                conn, group_by, since, until, active
+            ):
+                _fold(_group_row(groups, group_by, value), energy, baseline, purpose, sums)
             verdicts_recorded = conn.execute(select(verdicts_table.c.id).limit(1)).first()
             if verdicts_recorded is not None:
-                for key, served, preferred in _verdict_rows(conn, since, until, active):
-                    row = _group_row(groups, group_by, key)
+                for value, served, preferred in _verdict_rows(conn, group_by, since, until, active):
+                    row = _group_row(groups, group_by, value)
                     if preferred is not None:
                         row.judged += 1
                         row.judge_preferred += int(preferred == served)
@@ -290,59 +285,85 @@ def _where(active: Mapping[str, str], raw: bool) -> tuple[list[str], dict[str, A
     return conditions, params
 
 
-def _key_rows(
-    conn: Any, since: datetime | None, until: datetime | None, active: Mapping[str, str]
-) -> Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-    """(rollup key, sums) rows: rollups for whole hours, raw receipts for the edges."""
+def _group_sql(dialect: str, group_by: str, column_: str, raw: bool) -> str:
+    """SQL for the group value: ``YYYY-MM-DD`` / ``YYYY-MM-DD HH`` text for days and hours
+    (the same on both backends), else the key column."""
+    if group_by in ("day", "hour"):
+        if dialect == "sqlite":  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
+            return f"substr({column_}, 1, {10 if group_by == 'day' else 13})"
+        pattern = "YYYY-MM-DD" if group_by == "day" else "YYYY-MM-DD HH24"
+        return f"to_char({column_} AT TIME ZONE 'UTC', '{pattern}')"
+    name = "ci_zone" if group_by == "zone" else group_by
+    return f"COALESCE({name}, '')" if raw and group_by in ("variant", "tenant") else name
+
+
+def _group_rows(
+    conn: Any,
+    group_by: str,
+    since: datetime | None,
+    until: datetime | None,
+    active: Mapping[str, str],
+) -> Iterable[tuple[str, str, str, str, tuple[Any, ...]]]:
+    """(group value, energy source, counterfactual source, purpose, sums), summed in SQL:
+    from the rollups for whole hours, from raw receipts for the partial hours at the edges."""
+    dialect = conn.dialect.name
     lo = None if since is None else _ceil_hour(since)
     hi = None if until is None else _floor_hour(until)
     edges: list[tuple[datetime | None, datetime | None]] = []
+    conditions, params = _where(active, raw=False)
+    typed: list[Any] = []
     if lo is not None and hi is not None and lo >= hi:
         edges.append((since, until))  # no whole hour inside: all from the receipts
     else:
-        t = receipt_rollups_table
-        clauses = [t.c[FILTERS[name]] == value for name, value in sorted(active.items())]
         if lo is not None:
-            clauses.append(t.c.bucket_start >= lo)
+            conditions.append("bucket_start >= :w_lo")
+            params["w_lo"] = lo
+            typed.append(bindparam("w_lo", type_=UTCDateTime()))
             if since != lo:
                 edges.append((since, lo))
         if hi is not None:
-            clauses.append(t.c.bucket_start < hi)
+            conditions.append("bucket_start < :w_hi")
+            params["w_hi"] = hi
+            typed.append(bindparam("w_hi", type_=UTCDateTime()))
             if until != hi:
                 edges.append((hi, until))
-        stmt = select(*(t.c[k] for k in (*ROLLUP_KEYS, *SUM_NAMES))).where(and_(True, *clauses))
-        n = len(ROLLUP_KEYS)
-        for row in conn.execute(stmt):
-            yield tuple(row[:n]), tuple(row[n:])
-    conditions, params = _where(active, raw=True)
-    n = len(ROLLUP_KEYS)
+        sums = ", ".join(f"SUM({name})" for name in SUM_NAMES)
+        sql = (
+            f"SELECT {_group_sql(dialect, group_by, 'bucket_start', raw=False)}, energy_source, "
+            f"baseline_source, purpose, {sums} FROM receipt_rollups "
+            f"WHERE {' AND '.join(conditions) or '1 = 1'} GROUP BY 1, 2, 3, 4"
+        )
+        for row in conn.execute(text(sql).bindparams(*typed), params):
+            yield row[0], row[1], row[2], row[3], tuple(row[4:])
+    baseline_key = key_exprs(dialect)[ROLLUP_KEYS.index("baseline_source")]
+    raw_sums = ", ".join(expr for _, expr in SUMS)
     for start, end in edges:
-        window = list(conditions)
-        bound: dict[str, Any] = dict(params)
+        conditions, params = _where(active, raw=True)
         typed = []
         # Datetimes bind through the column's type, so they compare as stored (text on SQLite).
         for name, value, op in (("w_start", start, ">="), ("w_end", end, "<")):
             if value is not None:
-                window.append(f"created_at {op} :{name}")
-                bound[name] = value
+                conditions.append(f"created_at {op} :{name}")
+                params[name] = value
                 typed.append(bindparam(name, type_=UTCDateTime()))
         sql = (
-            text(aggregate_sql(conn.dialect.name, " AND ".join(window) or "1 = 1"))
-            .bindparams(*typed)
-            .columns(
-                column("bucket_start", UTCDateTime()),
-                *(column(f"c{i}") for i in range(1, n + len(SUM_NAMES))),
-            )
+            f"SELECT {_group_sql(dialect, group_by, 'created_at', raw=True)}, energy_source, "
+            f"{baseline_key}, purpose, {raw_sums} FROM receipts "
+            f"WHERE {' AND '.join(conditions) or '1 = 1'} GROUP BY 1, 2, 3, 4"
         )
-        for row in conn.execute(sql, bound):
-            yield tuple(row[:n]), tuple(row[n:])
+        for row in conn.execute(text(sql).bindparams(*typed), params):
+            yield row[0], row[1], row[2], row[3], tuple(row[4:])
 
 
 def _verdict_rows(
-    conn: Any, since: datetime | None, until: datetime | None, active: Mapping[str, str]
-) -> Iterable[tuple[tuple[Any, ...], str, str | None]]:
-    """(key of the judged receipt, served directive, preferred directive), latest verdict
-    per request."""
+    conn: Any,
+    group_by: str,
+    since: datetime | None,
+    until: datetime | None,
+    active: Mapping[str, str],
+) -> Iterable[tuple[str, str, str | None]]:
+    """(group value of the judged receipt, served directive, preferred directive), from the
+    latest verdict of each request."""
     r, v = receipts_table, verdicts_table
     stmt = (
         select(
@@ -353,7 +374,6 @@ def _verdict_rows(
             r.c.directive,
             r.c.variant,
             r.c.tenant,
-            r.c.purpose,
             v.c.preferred_directive,
         )
         .join(r, and_(r.c.created_at == v.c.receipt_created_at, r.c.request_id == v.c.request_id))
@@ -365,37 +385,32 @@ def _verdict_rows(
         stmt = stmt.where(v.c.receipt_created_at < until)
     for name, value in active.items():
         col = r.c[FILTERS[name]]
-        stmt = stmt.where(
-            col == value if name not in ("variant", "tenant") or value else col.is_(None)
-        )
+        if name in ("variant", "tenant") and value == "":
+            stmt = stmt.where(col.is_(None))
+        else:
+            stmt = stmt.where(col == value)
     latest: dict[str, Any] = {}
     for row in conn.execute(stmt):
         latest[row.request_id] = row  # ordered by id: the last one wins
     for row in latest.values():
-        key = (
-            _floor_hour(row.created_at),
-            row.ci_zone,
-            row.directive,
-            row.variant or "",
-            row.tenant or "",
-            "",
-            "",
-            row.purpose,
-        )
-        yield key, row.directive, row.preferred_directive
+        if group_by == "day":
+            value = f"{row.created_at:%Y-%m-%d}"
+        elif group_by == "hour":
+            value = f"{row.created_at:%Y-%m-%d %H}"
+        else:
+            value = getattr(row, "ci_zone" if group_by == "zone" else group_by) or ""
+        yield value, row.directive, row.preferred_directive
 
 
-def _group_row(groups: dict[str, ReportRow], group_by: str, key: tuple[Any, ...]) -> ReportRow:
-    bucket: datetime = key[0]
+def _group_row(groups: dict[str, ReportRow], group_by: str, value: str) -> ReportRow:
     start: datetime | None = None
     if group_by == "day":
-        start = bucket.replace(hour=0)
-        label = start.date().isoformat()
+        start = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        label = value
     elif group_by == "hour":
-        start = bucket
-        label = f"{bucket:%Y-%m-%dT%H:00Z}"
+        start = datetime.strptime(value, "%Y-%m-%d %H").replace(tzinfo=UTC)
+        label = f"{start:%Y-%m-%dT%H:00Z}"
     else:
-        value = key[ROLLUP_KEYS.index({"zone": "ci_zone"}.get(group_by, group_by))]
         label = value or NONE_LABEL
     row = groups.get(label)
     if row is None:
@@ -403,9 +418,10 @@ def _group_row(groups: dict[str, ReportRow], group_by: str, key: tuple[Any, ...]
     return row
 
 
-def _fold(row: ReportRow, key: tuple[Any, ...], sums: tuple[Any, ...]) -> None:
+def _fold(
+    row: ReportRow, energy_source: str, baseline_source: str, purpose: str, sums: tuple[Any, ...]
+) -> None:
     s = dict(zip(SUM_NAMES, sums, strict=True))
-    energy_source, baseline_source, purpose = key[5], key[6], key[7]
     requests = int(s["requests"])
     energy_kwh = float(s["energy_kwh"] or 0.0)
     carbon_g = float(s["operational_g"] or 0.0) + float(s["embodied_g"] or 0.0)

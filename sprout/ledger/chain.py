@@ -66,7 +66,7 @@ HASHED_FIELDS: tuple[str, ...] = tuple(name for name, _ in FIELD_KINDS)
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 try:  # the C encoder made once: json's own encode() builds it anew on every call
-    from json.encoder import c_make_encoder, encode_basestring
+    from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 
     _c_encoder = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False, False)
 except (ImportError, TypeError):  # pragma: no cover - no C accelerator

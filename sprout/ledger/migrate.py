@@ -251,6 +251,23 @@ def upgrade(db_url: str, revision: str = "head", *, engine: Engine | None = None
             command.upgrade(cfg, revision)
 
 
+def downgrade(db_url: str, revision: str, *, engine: Engine | None = None) -> None:
+    """Migrate the database back to ``revision`` (``base`` removes every table).
+
+    Raises:
+        LedgerError: the migration failed; the message names the masked URL.
+    """
+    with _engine_for(db_url, engine) as eng, ledger_errors(db_url, f"downgrading to {revision}"):
+        cfg = alembic_config(db_url)
+        with eng.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+
+
 def ensure_schema(db_url: str, *, engine: Engine | None = None) -> None:
     """Bring the database to the latest revision, doing nothing when it already is there.
 
@@ -288,6 +305,7 @@ __all__ = [
     "create_ledger_engine",
     "current_revision",
     "describe_error",
+    "downgrade",
     "ensure_schema",
     "head_revisions",
     "is_sqlite_memory",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,20 +61,25 @@ def plot_report(report: Report, out_path: str | Path, *, title: str | None = Non
     width_days = (1 / 24 if report.group_by == "hour" else 1.0) * 0.8
     fig, (ax_ci, ax_g, ax_s) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
     try:
-        ax_ci.plot(x, ci, color="tab:brown", marker=".", linewidth=1.2)
+        # Points at the middle of their bucket, over the bars below.
+        half = timedelta(days=width_days / 0.8 / 2)
+        mid = [t + half for t in x]
+        ax_ci.plot(mid, ci, color="tab:brown", marker=".", linewidth=1.2)
         ax_ci.set_ylabel("carbon intensity\n(gCO2e/kWh)")
         ax_ci.grid(alpha=0.3)
 
-        ax_g.bar(x, op, width=width_days, color="tab:red", label="operational")
-        ax_g.bar(x, emb, width=width_days, bottom=op, color="tab:gray", label="embodied")
+        # Bars start at their bucket's start and cover most of it.
+        bar = {"width": width_days, "align": "edge"}
+        ax_g.bar(x, op, color="tab:red", label="operational", **bar)
+        ax_g.bar(x, emb, bottom=op, color="tab:gray", label="embodied", **bar)
         ax_g.set_ylabel("emissions\n(gCO2e)")
         ax_g.legend(loc="upper left", fontsize="small")
         ax_g.grid(alpha=0.3)
 
-        ax_s.bar(x, saved, width=width_days, color="tab:green", label="saved vs always-L0")
+        ax_s.bar(x, saved, color="tab:green", label="saved vs always-L0", **bar)
         ax_s.axhline(0.0, color="black", linewidth=0.6)
         ax_cum = ax_s.twinx()
-        ax_cum.plot(x, cumulative, color="tab:blue", linewidth=1.5, label="cumulative, net")
+        ax_cum.plot(mid, cumulative, color="tab:blue", linewidth=1.5, label="cumulative, net")
         ax_s.set_ylabel("savings\n(gCO2e)")
         ax_cum.set_ylabel("cumulative net\n(gCO2e)")
         handles = ax_s.get_legend_handles_labels()

@@ -483,7 +483,7 @@ class Ledger:
         *,
         flush_interval_s: float = 0.5,
         spool_path: str | Path | None = None,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         migrate: bool = True,
         durability: str = "buffered",
     ) -> None:
@@ -1055,6 +1055,8 @@ class Ledger:
 
     def _prepare_spool(self) -> int:
         """Count receipts left in the spool by an earlier run; end a torn last line."""
+        if not self._spool_path.exists():
+            return 0  # (no lock file is made for nothing)
         try:
             with self._spool_guard():
                 try:
