@@ -366,3 +366,20 @@ def test_importing_the_modules_starts_nothing():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_only_the_poll_lock_holder_records_readings(uk, ledger, sqlite_url):
+    from sprout.ledger.locks import job_lock
+
+    mono = Mono()
+    provider = UKCarbonIntensityProvider(base_url=uk.url)
+    signal = CarbonSignal(provider, "GB", refresh_s=300, monotonic=mono)
+    poller = CarbonPoller(signal, ledger=ledger, forecast_interval_s=3600, monotonic=mono)
+    with job_lock(sqlite_url, "poll") as held_elsewhere:  # another replica's turn
+        assert held_elsewhere
+        skipped = poller.poll_once()
+    assert skipped.refreshed and skipped.signal.fallback == "provider"  # own signal is fresh
+    assert skipped.stored == 0 and skipped.forecasts == 0 and _rows(sqlite_url) == []
+    mono.m += 301
+    ours = poller.poll_once()
+    assert ours.stored == 1 + ours.forecasts and ours.forecasts > 0

@@ -11,14 +11,16 @@ foreground (:meth:`CarbonPoller.run`, used by ``sprout poll``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sprout.carbon.base import CarbonProvider, CarbonReading
+from sprout.errors import SproutError
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -103,9 +105,13 @@ class CarbonPoller:
                 self.failures += 1
             problems = [served.error] if served.error else []
             to_store: list[CarbonReading] = [served.reading] if fresh else []
-            forecasts = self._forecast_if_due(problems)
-            to_store.extend(forecasts)
-            stored = self._store(to_store, problems)
+            forecasts: list[CarbonReading] = []
+            stored = 0
+            with self._cluster_turn(problems) as ours:
+                if ours:  # another replica records this round's readings otherwise
+                    forecasts = self._forecast_if_due(problems)
+                    to_store.extend(forecasts)
+                    stored = self._store(to_store, problems)
             self.first_poll.set()
             return PollResult(
                 served,
@@ -114,6 +120,25 @@ class CarbonPoller:
                 forecasts=len(forecasts),
                 error="; ".join(problems) or None,
             )
+
+    @contextlib.contextmanager
+    def _cluster_turn(self, problems: list[str]) -> Iterator[bool]:
+        """Whether this process records readings now: every replica refreshes its own signal,
+        but only the holder of the cluster-wide ``poll`` lock fetches forecasts and writes
+        the shared ledger, so replicas don't repeat provider calls or inserts."""
+        if self.ledger is None:
+            yield True
+            return
+        from sprout.ledger.locks import job_lock
+
+        with contextlib.ExitStack() as stack:
+            try:
+                acquired = stack.enter_context(job_lock(self.ledger.engine, "poll"))
+            except SproutError as e:  # the database is down: storing would fail anyway
+                log.error("poll lock unavailable, readings not recorded this round: %s", e)
+                problems.append(f"ledger: {e}")
+                acquired = False
+            yield acquired
 
     def _forecast_if_due(self, problems: list[str]) -> list[CarbonReading]:
         if self.forecast_interval_s <= 0:

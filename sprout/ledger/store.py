@@ -48,6 +48,7 @@ from typing import Any
 from sqlalchemy import Connection, Insert, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine as SAEngine
 
 from sprout.carbon.base import CarbonReading
 from sprout.errors import ConfigError, LedgerError
@@ -576,6 +577,11 @@ class Ledger:
         atexit.register(_at_exit)
 
     # ---------------------------------------------------------------- properties
+
+    @property
+    def engine(self) -> SAEngine:
+        """The SQLAlchemy engine (for cluster-wide job locks and audits)."""
+        return self._engine
 
     @property
     def url(self) -> str:
