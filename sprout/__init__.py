@@ -44,6 +44,11 @@ _EXPORTS: dict[str, str] = {
     "Receipt": "sprout.receipt",
     "Controller": "sprout.controller",
     "ChatResult": "sprout.controller",
+    "ChatStream": "sprout.controller",
+    "PendingChat": "sprout.controller",
+    "FunctionEngine": "sprout.middleware",
+    "carbon_aware": "sprout.middleware",
+    "create_app": "sprout.server",
     "build_controller": "sprout.factory",
     "SproutError": "sprout.errors",
 }
@@ -55,6 +60,7 @@ __all__ = [
     "CarbonSignal",
     "ChatRequest",
     "ChatResult",
+    "ChatStream",
     "Controller",
     "Directive",
     "DirectiveSet",
@@ -63,12 +69,14 @@ __all__ = [
     "EnergySample",
     "Engine",
     "EstimateMeter",
+    "FunctionEngine",
     "Generation",
     "HFEngine",
     "Ledger",
     "Message",
     "NVMLMeter",
     "OpenAIEngine",
+    "PendingChat",
     "RAPLMeter",
     "Receipt",
     "ReplayEngine",
@@ -81,6 +89,8 @@ __all__ = [
     "WattTimeProvider",
     "__version__",
     "build_controller",
+    "carbon_aware",
+    "create_app",
     "load_settings",
     "load_trace",
     "solve_mix",
@@ -111,7 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from sprout.carbon.watttime import WattTimeProvider
     from sprout.chat import ChatRequest, Message
     from sprout.config import Settings, load_settings
-    from sprout.controller import ChatResult, Controller
+    from sprout.controller import ChatResult, ChatStream, Controller, PendingChat
     from sprout.directives import Directive, DirectiveSet
     from sprout.energy.base import EnergyMeter, EnergySample
     from sprout.energy.estimate import EstimateMeter
@@ -124,6 +134,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from sprout.errors import SproutError
     from sprout.factory import build_controller
     from sprout.ledger.store import Ledger
+    from sprout.middleware import FunctionEngine, carbon_aware
     from sprout.policy.optimizer import solve_mix
     from sprout.policy.sprout_lp import SproutLPPolicy
     from sprout.receipt import Receipt
+    from sprout.server import create_app

@@ -84,7 +84,7 @@ def parse_messages(raw: object) -> tuple[Message, ...]:
                 f"messages[{i}]: expected a mapping with 'role' and 'content', "
                 f"got {type(item).__name__}"
             )
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # unhashable roles fail `in`
             raise RequestError(f"messages[{i}].role: unknown role {role!r}")
         if not isinstance(content, str):
             raise RequestError(

@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "sprout.sim.cli",
     "sprout.carbon.cli",
     "sprout.ledger.cli",
+    "sprout.server_cli",
 )
 
 

@@ -66,6 +66,27 @@ def _split_prefill(energy: EnergySample, generation: Generation) -> EnergySample
     return replace(energy, prefill_kwh=prefill_kwh, decode_kwh=energy.energy_kwh - prefill_kwh)
 
 
+@dataclass(frozen=True)
+class PendingChat:
+    """A request whose directive is chosen, awaiting its generation (see
+    :meth:`Controller.begin`).
+
+    Attributes:
+        request_id: the receipt's id.
+        request: the request as the directive shaped it: what to send to the model.
+        decision: the directive and why it was chosen.
+        signal: the carbon reading the decision was made on.
+        tenant, prompt_id: recorded in the receipt.
+    """
+
+    request_id: str
+    request: ChatRequest
+    decision: Decision
+    signal: SignalReading
+    tenant: str | None = None
+    prompt_id: str | None = None
+
+
 class StreamSink(Protocol):
     """Receives a streamed answer from :meth:`Controller.chat` (``stream=``).
 
@@ -314,6 +335,52 @@ class Controller:
             RequestError: the messages are malformed (nothing is generated).
             EngineError: the engine failed (no receipt is written: nothing was served).
         """
+        pending = self.begin(
+            messages,
+            max_new_tokens=max_new_tokens,
+            tenant=tenant,
+            opt_out=opt_out,
+            request_id=request_id,
+            prompt_id=prompt_id,
+            stop=stop,
+            temperature=temperature,
+        )
+        request, tap = pending.request, None
+        if stream is not None:
+            request, tap = _tap_request(request, self.engine, stream.text)
+            stream.start(pending.request_id, request, pending.decision)
+        try:
+            generation = self.engine.generate(request)
+        except BaseException:
+            self.abort(pending)  # the engine error wins
+            raise
+        result = self.finish(pending, generation)
+        if tap is not None:  # the rest of the answer (all of it from engines that don't stream)
+            tap.forward(generation.text, len(generation.text))
+        return result
+
+    def begin(
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        *,
+        max_new_tokens: int | None = None,
+        tenant: str | None = None,
+        opt_out: bool = False,
+        request_id: str | None = None,
+        prompt_id: str | None = None,
+        stop: Sequence[str] = (),
+        temperature: float | None = None,
+    ) -> PendingChat:
+        """Choose the directive of a request that something else will generate.
+
+        The first half of :meth:`chat`, for callers whose generation happens elsewhere
+        (a LiteLLM proxy's hooks): send ``pending.request`` (the shaped request), then call
+        :meth:`finish` with the generation, or :meth:`abort` if it failed. Takes the
+        arguments of :meth:`chat`; opens the energy meter's window.
+
+        Raises:
+            RequestError: the messages are malformed.
+        """
         parsed = parse_messages(messages)
         request_id = request_id or uuid.uuid4().hex
         signal = self.signal.read()
@@ -322,21 +389,15 @@ class Controller:
         )
         decision = self._decide(base.prompt, signal, opt_out)
         request = decision.directive.apply(base)
-        tap = None
-        if stream is not None:
-            request, tap = _tap_request(request, self.engine, stream.text)
-            stream.start(request_id, request, decision)
+        self.meter.begin(request_id)
+        return PendingChat(request_id, request, decision, signal, tenant, prompt_id)
 
-        meter = self.meter
-        meter.begin(request_id)
-        try:
-            generation = self.engine.generate(request)
-        except BaseException:
-            with contextlib.suppress(Exception):  # close the window; the engine error wins
-                meter.end(request_id, Usage(0, 0, 0.0, request.variant))
-            raise
-        sample = meter.end(
-            request_id,
+    def finish(self, pending: PendingChat, generation: Generation) -> ChatResult:
+        """Close the meter's window, write the receipt and return the result (see
+        :meth:`begin`)."""
+        request = pending.request
+        sample = self.meter.end(
+            pending.request_id,
             Usage(
                 generation.input_tokens,
                 generation.output_tokens,
@@ -348,16 +409,26 @@ class Controller:
         # An engine that knows its own energy (a replay's recording) takes precedence.
         energy = _split_prefill(generation.energy or sample, generation)
         receipt = self._receipt(
-            request_id, request, decision, generation, energy, signal, tenant, prompt_id
+            pending.request_id,
+            request,
+            pending.decision,
+            generation,
+            energy,
+            pending.signal,
+            pending.tenant,
+            pending.prompt_id,
         )
         if self.ledger is not None:
             try:
                 self.ledger.append(receipt)
             except Exception as e:  # the ledger must never fail a request
-                log.error("receipt %s could not be queued: %s", request_id, e)
-        if tap is not None:  # the rest of the answer (all of it from engines that don't stream)
-            tap.forward(generation.text, len(generation.text))
+                log.error("receipt %s could not be queued: %s", pending.request_id, e)
         return ChatResult(generation.text, receipt, generation, energy)
+
+    def abort(self, pending: PendingChat) -> None:
+        """Close the meter's window of a request that was not served (no receipt)."""
+        with contextlib.suppress(Exception):
+            self.meter.end(pending.request_id, Usage(0, 0, 0.0, pending.request.variant))
 
     def chat_stream(
         self,

@@ -41,7 +41,9 @@ class Clock:
     """Wall and monotonic time, moved together by the test."""
 
     def __init__(self) -> None:
-        self.t = datetime.now(UTC).replace(microsecond=0)
+        # A fixed start a few minutes past the hour: ages measured from the hour's reading
+        # must not depend on when the suite happens to run.
+        self.t = datetime(2026, 3, 10, 12, 5, tzinfo=UTC)
         self.m = 1000.0
 
     def now(self) -> datetime:

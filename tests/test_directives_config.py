@@ -321,3 +321,9 @@ def test_babble_guard_key_reaches_the_engine_request():
     assert "babble_guard" not in directives.get("L0").apply(request).extra
     with pytest.raises(PolicyFileError, match=r"guard\.toml: directive\[0\]\.babble_guard"):
         DirectiveSet.from_toml('[[directive]]\nname = "L0"\nbabble_guard = "yes"\n', "guard.toml")
+
+
+@pytest.mark.parametrize("role", [["user"], {"r": 1}, 3, None])
+def test_non_string_roles_are_request_errors(role):
+    with pytest.raises(RequestError, match=r"messages\[0\]\.role: unknown role"):
+        parse_messages([{"role": role, "content": "hi"}])
