@@ -198,4 +198,3 @@ def _parse_directive(entry: object, i: int, source: str) -> Directive:
         variant=variant.strip() if variant else None,
         stop=tuple(stop),
     )
-
