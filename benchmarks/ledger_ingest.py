@@ -9,7 +9,8 @@ writer, not timed), then times ``ledger_report`` for every group-by, with a wind
 edges fall inside hours (so raw receipts are read there too); the figure is the slowest.
 Receipts look like the controller's: random request ids, one carbon reading per hour,
 three directives, four tenants, two energy sources, counterfactuals from two sources or none,
-3% evaluation overhead.
+3% evaluation overhead, a prefill/decode split on every other receipt (the engines that
+report the first token's time).
 
     python benchmarks/ledger_ingest.py [--receipts 200000] [--report-receipts 1000000]
 """
@@ -57,15 +58,21 @@ def receipts(n: int, span_s: float, seed: int) -> Iterator[Receipt]:
         operational = energy_kwh * ci
         embodied = 1.2e-4 * scale
         has_cf = rng.random() < 0.9
+        request_id = uuid.UUID(int=rng.getrandbits(128), version=4).hex
+        input_tokens = rng.randrange(20, 400)
+        output_tokens = int(300 * scale) + rng.randrange(50)
+        # Derived, not drawn, and the draws keep their order: the other values are as before.
+        prefill_kwh = energy_kwh * input_tokens / (input_tokens + 4 * output_tokens)
+        split = i % 2 == 0
         yield Receipt(
-            request_id=uuid.UUID(int=rng.getrandbits(128), version=4).hex,
+            request_id=request_id,
             created_at=created,
             directive=directive,
             decision="lp-mix",
             engine="replay",
             model=variant or "llama-2-13b",
-            input_tokens=rng.randrange(20, 400),
-            output_tokens=int(300 * scale) + rng.randrange(50),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             latency_s=2.0 * scale,
             energy_kwh=energy_kwh,
             energy_source="recorded" if rng.random() < 0.8 else "estimated",
@@ -88,6 +95,8 @@ def receipts(n: int, span_s: float, seed: int) -> Iterator[Receipt]:
             baseline_source=("recorded" if rng.random() < 0.7 else "estimated") if has_cf else None,
             prompt_id=f"alpaca-{rng.randrange(5000)}",
             purpose="evaluation" if rng.random() < 0.03 else "serve",
+            prefill_kwh=prefill_kwh if split else None,
+            decode_kwh=energy_kwh - prefill_kwh if split else None,
         )
 
 

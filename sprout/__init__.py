@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "load_trace": "sprout.carbon.trace",
     "solve_mix": "sprout.policy.optimizer",
     "SproutLPPolicy": "sprout.policy.sprout_lp",
+    "ContextualPolicy": "sprout.policy.contextual",
+    "retrain": "sprout.policy.retrain",
     "Engine": "sprout.engines.base",
     "Generation": "sprout.engines.base",
     "ReplayEngine": "sprout.engines.replay",
@@ -50,6 +52,10 @@ _EXPORTS: dict[str, str] = {
     "carbon_aware": "sprout.middleware",
     "create_app": "sprout.server",
     "build_controller": "sprout.factory",
+    "JudgeJob": "sprout.judge.job",
+    "build_judge_job": "sprout.judge.job",
+    "LLMJudge": "sprout.judge.judges",
+    "ReplayJudge": "sprout.judge.judges",
     "SproutError": "sprout.errors",
 }
 
@@ -61,6 +67,7 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "ChatStream",
+    "ContextualPolicy",
     "Controller",
     "Directive",
     "DirectiveSet",
@@ -72,6 +79,8 @@ __all__ = [
     "FunctionEngine",
     "Generation",
     "HFEngine",
+    "JudgeJob",
+    "LLMJudge",
     "Ledger",
     "Message",
     "NVMLMeter",
@@ -80,6 +89,7 @@ __all__ = [
     "RAPLMeter",
     "Receipt",
     "ReplayEngine",
+    "ReplayJudge",
     "Settings",
     "SproutError",
     "SproutLPPolicy",
@@ -89,10 +99,12 @@ __all__ = [
     "WattTimeProvider",
     "__version__",
     "build_controller",
+    "build_judge_job",
     "carbon_aware",
     "create_app",
     "load_settings",
     "load_trace",
+    "retrain",
     "solve_mix",
 ]
 
@@ -133,9 +145,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from sprout.engines.replay import ReplayEngine
     from sprout.errors import SproutError
     from sprout.factory import build_controller
+    from sprout.judge.job import JudgeJob, build_judge_job
+    from sprout.judge.judges import LLMJudge, ReplayJudge
     from sprout.ledger.store import Ledger
     from sprout.middleware import FunctionEngine, carbon_aware
+    from sprout.policy.contextual import ContextualPolicy
     from sprout.policy.optimizer import solve_mix
+    from sprout.policy.retrain import retrain
     from sprout.policy.sprout_lp import SproutLPPolicy
     from sprout.receipt import Receipt
     from sprout.server import create_app

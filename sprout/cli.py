@@ -27,6 +27,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "sprout.carbon.cli",
     "sprout.ledger.cli",
     "sprout.server_cli",
+    "sprout.judge.cli",
+    "sprout.policy.cli",
 )
 
 

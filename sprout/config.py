@@ -67,6 +67,13 @@ class Settings:
         policy_file: directive policy file ("" for the bundled default).
         xi: largest relative quality concession of the optimizer, in [0, 1].
         ci_window_hours: history the optimizer takes its CI min/max from.
+        policy_kind: ``auto`` (the newest stored contextual policy version when there is
+            one, else Sprout's LP mix), ``lp`` (always the LP mix) or ``contextual`` (as
+            ``auto``, warning when no version is stored).
+        policy_refresh_s: how often a running controller looks for a newer policy version
+            (0: never; the check runs on a background thread, not on requests).
+        retrain_cron: when ``sprout retrain --schedule`` retrains the contextual policy
+            (crontab, UTC: minute hour day month day_of_week).
         embodied_g: embodied carbon of the server, gCO2e.
         lifetime_years: the server lifetime that carbon is amortised over.
         ledger_flush_interval_s: how often buffered receipts are committed.
@@ -108,6 +115,26 @@ class Settings:
         server_opt_out_header: request header that, when true, forces the baseline
             directive (recorded as ``opt-out``).
         server_threads: worker threads the proxy runs engine calls on (its concurrency).
+        judge_sample_share: share of served requests the quality loop samples and judges
+            (0: off; prompts are stored only for sampled requests).
+        judge_opt_out_tenants: tenants never sampled, comma-separated.
+        judge_engine: ``replay`` (GPT-4's recorded verdicts on the bundled prompts),
+            ``openai`` (an OpenAI-compatible endpoint) or ``hf`` (a local transformers model).
+        judge_base_url, judge_model: the judge's API root and model (a model directory for
+            ``hf``).
+        judge_api_key: the judge endpoint's API key (secret: kept out of ``repr``).
+        judge_protocol: ``listwise`` (pick the best of all answers, order shuffled) or
+            ``pairwise`` (A/B with the order swapped, every pair of directives).
+        judge_max_new_tokens: cap on a judge reply (the verdict is a short label).
+        judge_max_staleness_h: longest a sampled request waits for its verdict.
+        judge_cron: when the judge job wakes up to apply the timing rule (crontab, UTC).
+        judge_batch_size: most sampled requests one judge run processes.
+        judge_use_forecast: plan judge runs on the carbon provider's forecast when it gives one.
+        judge_half_life_h: age at which a verdict weighs half in the quality estimates.
+        judge_prior_weight: verdicts the bundled quality estimates are worth as a prior.
+        judge_quality_floor: normalized preference below which the optimizer is moved back
+            toward the baseline (0: ``1 - xi``, the optimizer's own promise).
+        judge_min_verdicts: effective verdicts needed before the floor is enforced.
     """
 
     db_url: str = ""
@@ -136,6 +163,9 @@ class Settings:
     policy_file: str = ""
     xi: float = 0.1
     ci_window_hours: int = 720
+    policy_kind: str = "auto"
+    policy_refresh_s: float = 300.0
+    retrain_cron: str = "0 3 * * *"
     embodied_g: float = SPROUT_EMBODIED_G
     lifetime_years: float = SPROUT_LIFETIME_YEARS
     ledger_flush_interval_s: float = 0.5
@@ -164,6 +194,22 @@ class Settings:
     server_tenant_header: str = "x-sprout-tenant"
     server_opt_out_header: str = "x-sprout-opt-out"
     server_threads: int = 256
+    judge_sample_share: float = 0.0
+    judge_opt_out_tenants: str = ""
+    judge_engine: str = "replay"
+    judge_base_url: str = ""
+    judge_model: str = ""
+    judge_api_key: str = field(default="", repr=False)
+    judge_protocol: str = "listwise"
+    judge_max_new_tokens: int = 32
+    judge_max_staleness_h: float = 24.0
+    judge_cron: str = "5 * * * *"
+    judge_batch_size: int = 200
+    judge_use_forecast: bool = True
+    judge_half_life_h: float = 168.0
+    judge_prior_weight: float = 100.0
+    judge_quality_floor: float = 0.0
+    judge_min_verdicts: float = 50.0
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -171,6 +217,17 @@ class Settings:
         checks = (
             ("xi", 0.0 <= self.xi <= 1.0, "must lie in [0, 1]"),
             ("ci_window_hours", self.ci_window_hours >= 1, "must be >= 1"),
+            (
+                "policy_kind",
+                self.policy_kind in ("auto", "lp", "contextual"),
+                "must be 'auto', 'lp' or 'contextual'",
+            ),
+            ("policy_refresh_s", self.policy_refresh_s >= 0, "must be >= 0"),
+            (
+                "retrain_cron",
+                len(self.retrain_cron.split()) == 5,
+                "must be a crontab line of 5 fields (minute hour day month day_of_week)",
+            ),
             ("static_ci_g_per_kwh", self.static_ci_g_per_kwh >= 0, "must be >= 0"),
             ("default_ci_g_per_kwh", self.default_ci_g_per_kwh >= 0, "must be >= 0"),
             ("signal_refresh_s", self.signal_refresh_s >= 0, "must be >= 0"),
@@ -219,6 +276,29 @@ class Settings:
             ("server_port", 0 <= self.server_port <= 65535, "must lie in [0, 65535]"),
             ("server_max_body_bytes", self.server_max_body_bytes >= 1024, "must be >= 1024"),
             ("server_threads", 1 <= self.server_threads <= 4096, "must lie in [1, 4096]"),
+            ("judge_sample_share", 0.0 <= self.judge_sample_share <= 1.0, "must lie in [0, 1]"),
+            (
+                "judge_engine",
+                self.judge_engine in ("replay", "openai", "hf"),
+                "must be 'replay', 'openai' or 'hf'",
+            ),
+            (
+                "judge_protocol",
+                self.judge_protocol in ("listwise", "pairwise"),
+                "must be 'listwise' or 'pairwise'",
+            ),
+            ("judge_max_new_tokens", self.judge_max_new_tokens >= 1, "must be >= 1"),
+            ("judge_max_staleness_h", self.judge_max_staleness_h > 0, "must be > 0"),
+            (
+                "judge_cron",
+                len(self.judge_cron.split()) == 5,
+                "must be a crontab line of 5 fields (minute hour day month day_of_week)",
+            ),
+            ("judge_batch_size", self.judge_batch_size >= 1, "must be >= 1"),
+            ("judge_half_life_h", self.judge_half_life_h > 0, "must be > 0"),
+            ("judge_prior_weight", self.judge_prior_weight >= 0, "must be >= 0"),
+            ("judge_quality_floor", 0.0 <= self.judge_quality_floor <= 1.0, "must lie in [0, 1]"),
+            ("judge_min_verdicts", self.judge_min_verdicts >= 0, "must be >= 0"),
             (
                 "server_tenant_header",
                 _HEADER_NAME.fullmatch(self.server_tenant_header) is not None,

@@ -33,6 +33,7 @@ from sprout.receipt import Receipt
 
 if TYPE_CHECKING:
     from sprout.carbon.signal import CarbonSignal, SignalReading
+    from sprout.judge.sampler import Sampler
     from sprout.ledger.store import Ledger
 
 
@@ -77,6 +78,9 @@ class PendingChat:
         decision: the directive and why it was chosen.
         signal: the carbon reading the decision was made on.
         tenant, prompt_id: recorded in the receipt.
+        base: the request before the directive shaped it (what the quality loop keeps of a
+            sampled request).
+        policy_version: the stored policy version that chose the directive.
     """
 
     request_id: str
@@ -85,6 +89,8 @@ class PendingChat:
     signal: SignalReading
     tenant: str | None = None
     prompt_id: str | None = None
+    base: ChatRequest | None = None
+    policy_version: int | None = None
 
 
 class StreamSink(Protocol):
@@ -235,6 +241,7 @@ class Controller:
         policy_version: id of the stored policy version, recorded in receipts.
         clock: wall clock (injectable for replays and tests).
         rng: randomness for mixed policies (seed it for reproducible runs).
+        sampler: samples served requests for the quality loop (see :mod:`sprout.judge`).
     """
 
     def __init__(
@@ -251,6 +258,7 @@ class Controller:
         policy_version: int | None = None,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         self.engine = engine
         self.signal = signal
@@ -265,7 +273,11 @@ class Controller:
         self.policy_version = policy_version
         self._clock = clock
         self._rng = rng or random.Random()
-        self._lock = threading.Lock()
+        self.sampler = sampler
+        # Re-entrant: begin() holds it around _decide() so that the policy that decides is
+        # the one whose version the receipt records, even across a swap_policy().
+        self._lock = threading.RLock()
+        self._closers: list[Callable[[], None]] = []
         self._seed_history()
 
     @property
@@ -288,6 +300,16 @@ class Controller:
             return
         for reading in readings:
             self.window.add(reading.time, reading.ci_g_per_kwh)
+
+    def swap_policy(self, policy: Policy, policy_version: int | None) -> None:
+        """Serve later requests with ``policy`` (e.g. a retrained version), no restart."""
+        with self._lock:
+            self.policy = policy
+            self.policy_version = policy_version
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Call ``closer`` first in :meth:`close` (e.g. to stop a background watcher)."""
+        self._closers.append(closer)
 
     def _decide(self, prompt: str, signal: SignalReading, opt_out: bool) -> Decision:
         if opt_out:
@@ -387,10 +409,12 @@ class Controller:
         base = ChatRequest(
             parsed, max_new_tokens=max_new_tokens, stop=tuple(stop), temperature=temperature
         )
-        decision = self._decide(base.prompt, signal, opt_out)
+        with self._lock:
+            decision = self._decide(base.prompt, signal, opt_out)
+            version = self.policy_version
         request = decision.directive.apply(base)
         self.meter.begin(request_id)
-        return PendingChat(request_id, request, decision, signal, tenant, prompt_id)
+        return PendingChat(request_id, request, decision, signal, tenant, prompt_id, base, version)
 
     def finish(self, pending: PendingChat, generation: Generation) -> ChatResult:
         """Close the meter's window, write the receipt and return the result (see
@@ -417,12 +441,18 @@ class Controller:
             pending.signal,
             pending.tenant,
             pending.prompt_id,
+            pending.policy_version,
         )
         if self.ledger is not None:
             try:
                 self.ledger.append(receipt)
             except Exception as e:  # the ledger must never fail a request
                 log.error("receipt %s could not be queued: %s", pending.request_id, e)
+        if self.sampler is not None and pending.base is not None:
+            try:  # a random draw; a sampled prompt is stored by a background thread
+                self.sampler.offer(receipt, pending.base, generation.text)
+            except Exception as e:  # the quality loop must never fail a request
+                log.error("request %s could not be sampled: %s", pending.request_id, e)
         return ChatResult(generation.text, receipt, generation, energy)
 
     def abort(self, pending: PendingChat) -> None:
@@ -470,6 +500,7 @@ class Controller:
         signal: SignalReading,
         tenant: str | None,
         prompt_id: str | None,
+        policy_version: int | None = None,
     ) -> Receipt:
         reading = signal.reading
         ci = reading.ci_g_per_kwh
@@ -512,17 +543,23 @@ class Controller:
             operational_g=carbon.operational_g,
             embodied_g=carbon.embodied_g,
             variant=request.variant,
-            policy_version=self.policy_version,
+            policy_version=policy_version,
             tenant=tenant,
             prompt_id=prompt_id,
             baseline_energy_kwh=baseline_kwh,
             baseline_g=baseline_g,
             baseline_source=baseline_source,
+            prefill_kwh=energy.prefill_kwh,
+            decode_kwh=energy.decode_kwh,
         )
 
     def close(self) -> None:
         """Stop the carbon poller, flush the ledger and release the engine."""
+        for closer in self._closers:  # background watchers first: nothing left to serve
+            closer()
         self.signal.close()  # first, so the poller writes nothing to a closed ledger
+        if self.sampler is not None:
+            self.sampler.close()  # its queued prompts go to the ledger before it closes
         if self.ledger is not None:
             self.ledger.close()
         self.engine.close()

@@ -4,6 +4,11 @@ Bundled prompts (GPT-4-judged, so every directive's answer was recorded) arrive 
 over the replayed hours; each goes through the real controller (trace carbon signal,
 Sprout LP policy, replay engine, SQLite ledger). The summary is computed from the receipts
 read back from the ledger.
+
+The quality loop runs too: a share of the requests is sampled, and the judge job (replay
+engine for the other directives' answers, replay judge for GPT-4's recorded verdicts) wakes
+up every replayed hour, runs when the timing rule picks a low-carbon hour, and judges what
+is still queued at the end; ``sprout judge report --db URL`` shows the verdicts.
 """
 
 from __future__ import annotations
@@ -11,15 +16,21 @@ from __future__ import annotations
 import random
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sprout.config import Settings
 from sprout.data import DATASETS, WorkloadRecord, load_workload
 from sprout.receipt import Receipt
 
+if TYPE_CHECKING:
+    from sprout.judge.job import JudgeRun
+
 HOUR = timedelta(hours=1)
+#: Share of the demo's requests the quality loop samples (live deployments use far less).
+DEMO_JUDGE_SHARE = 0.1
 #: A June week in the bundled traces: long days, with solar and wind moving the intensity.
 DEFAULT_START_HOUR = 3912
 
@@ -54,6 +65,9 @@ class DemoSummary:
     receipts: list[Receipt] = field(default_factory=list)
     judge_best: dict[str, int | None] = field(default_factory=dict)
     ledger_count: int = 0
+    evaluation: list[Receipt] = field(default_factory=list)
+    judge_runs: list[JudgeRun] = field(default_factory=list)
+    sampled: int = 0
 
     @property
     def emitted_g(self) -> float:
@@ -101,13 +115,17 @@ def run_demo(
     prompts: int = 300,
     seed: int = 0,
     progress: bool = True,
+    judge_share: float = DEMO_JUDGE_SHARE,
 ) -> DemoSummary:
-    """Replay ``hours`` of the trace with ``prompts`` requests into ``settings.db_url``."""
+    """Replay ``hours`` of the trace with ``prompts`` requests into ``settings.db_url``;
+    ``judge_share`` of them are sampled for the quality loop (0: no loop)."""
     from tqdm import tqdm
 
     from sprout.carbon.trace import load_trace
     from sprout.errors import ConfigError
     from sprout.factory import build_controller
+    from sprout.judge.job import build_judge_job
+    from sprout.judge.judges import ReplayJudge
 
     if hours < 1 or prompts < 1:
         raise ConfigError("the demo needs at least one hour and one prompt")
@@ -116,20 +134,34 @@ def run_demo(
     start = trace.time_of(start_hour)
     clock = ReplayClock(start)
     records = pick_prompts(prompts, seed)
+    settings = settings.replace(zone=trace.zone, judge_sample_share=judge_share)
     controller = build_controller(
-        settings.replace(zone=trace.zone),
+        settings,
         clock=clock.now,
         monotonic=clock.monotonic,
         rng=random.Random(seed),
     )
     ledger = controller.ledger
     assert ledger is not None
+    job = (
+        build_judge_job(settings, controller=controller, judge=ReplayJudge(), clock=clock.now)
+        if judge_share > 0
+        else None
+    )
+    runs: list[JudgeRun] = []
     spacing_s = hours * 3600 / len(records)
     seen_hours: set[datetime] = set()
+    ticked = -1
     try:
         bar = tqdm(records, desc="requests", unit="req", disable=not progress, file=sys.stderr)
         for i, record in enumerate(bar):
-            clock.set(start + timedelta(seconds=(i + 0.5) * spacing_s))
+            when = start + timedelta(seconds=(i + 0.5) * spacing_s)
+            hour = int((when - start) / HOUR)
+            while job is not None and ticked < hour:  # the scheduler's hourly wake-ups
+                ticked += 1
+                clock.set(start + ticked * HOUR)
+                runs.append(job.tick())
+            clock.set(when)
             result = controller.chat(
                 [{"role": "user", "content": record.instruction}], prompt_id=record.id
             )
@@ -137,12 +169,21 @@ def run_demo(
             if reading_hour not in seen_hours:
                 seen_hours.add(reading_hour)
                 ledger.add_readings([controller.signal.read().reading])
+        if job is not None:  # the end of the replay: judge what is still queued
+            clock.set(start + hours * HOUR)
+            runs.append(job.run(reason="end of demo"))
         ledger.flush()
         summary = DemoSummary(settings.db_url, trace.zone, start, hours)
-        summary.receipts = ledger.receipts()
-        summary.ledger_count = ledger.count_receipts()
+        stored = ledger.receipts()
+        summary.receipts = [r for r in stored if r.purpose == "serve"]
+        summary.evaluation = [r for r in stored if r.purpose == "evaluation"]
+        summary.ledger_count = len(summary.receipts)
         summary.judge_best = {r.id: r.judge_best for r in records}
+        summary.judge_runs = [r for r in runs if r.ran]
+        summary.sampled = controller.sampler.stats.sampled if controller.sampler else 0
     finally:
+        if job is not None:
+            job.close()
         controller.close()
     return summary
 
@@ -178,7 +219,12 @@ def print_summary(summary: DemoSummary, out: TextIO | None = None) -> None:
     share, base_share = summary.preferred_share()
     mix = [sum(r.directive == lv for r in summary.receipts) / max(n, 1) for lv in levels]
     w("\nTotals\n")
-    w(f"  requests               {n} (receipts in the ledger: {summary.ledger_count})\n")
+    extra = (
+        f", plus {len(summary.evaluation)} evaluation receipts of the quality loop"
+        if summary.evaluation
+        else ""
+    )
+    w(f"  requests               {n} (receipts in the ledger: {summary.ledger_count}{extra})\n")
     w(
         "  directive mix          "
         + ", ".join(f"{lv} {s:.0%}" for lv, s in zip(levels, mix, strict=True))
@@ -196,4 +242,46 @@ def print_summary(summary: DemoSummary, out: TextIO | None = None) -> None:
         f"(always-L0: {base_share:.1%}; normalized preference "
         f"{share / base_share if base_share else float('nan'):.1%})\n"
     )
+    _print_quality_loop(summary, w)
     w(f"\nLedger: {summary.db_url}\n")
+
+
+def _print_quality_loop(summary: DemoSummary, w: Callable[[str], object]) -> None:
+    """The quality loop's part of the summary."""
+    if not summary.sampled and not summary.judge_runs:
+        return
+    n = len(summary.receipts)
+    w("\nQuality loop (replay engine for the other directives, replay judge: GPT-4's verdicts)\n")
+    w(f"  sampled                {summary.sampled} of {n} requests (prompts kept for the judge)\n")
+    for k, run in enumerate(summary.judge_runs):
+        label = "judge runs" if k == 0 else ""
+        w(
+            f"  {label:<22} {run.at:%Y-%m-%d %H:%M} UTC ({run.reason}, CI "
+            f"{run.ci_g_per_kwh or 0:.0f} g/kWh): {run.verdicts} verdicts\n"
+        )
+    preferred: dict[str, int] = defaultdict(int)
+    for run in summary.judge_runs:
+        for name, count in run.preferred.items():
+            preferred[name] += count
+    verdicts = sum(run.verdicts for run in summary.judge_runs)
+    w(
+        f"  verdicts               {verdicts}; preferred: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(preferred.items())) or "none")
+        + "\n"
+    )
+    eval_g = sum(r.total_g for r in summary.evaluation)
+    eval_kwh = sum(r.energy_kwh for r in summary.evaluation)
+    share = f" ({eval_g / summary.emitted_g:.0%} of the served carbon)" if summary.emitted_g else ""
+    w(
+        f"  evaluation overhead    {len(summary.evaluation)} generations, "
+        f"{eval_kwh * 1000:.2f} Wh, {eval_g:.2f} gCO2e{share}\n"
+    )
+    estimate = next((r.estimate for r in reversed(summary.judge_runs) if r.estimate), None)
+    if estimate is not None:
+        q = ", ".join(
+            f"{k} {v:.3f}" for k, v in zip(estimate.levels, estimate.quality, strict=True)
+        )
+        w(f"  quality estimate       {q} (refreshed from the verdicts; the optimizer uses it)\n")
+        if estimate.warning():
+            w(f"  WARNING                {estimate.warning()}\n")
+    w(f"  see                    sprout judge report --db {summary.db_url}\n")

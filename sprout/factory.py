@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from sprout.controller import Controller
     from sprout.energy.base import EnergyMeter
     from sprout.engines.base import Engine
+    from sprout.judge.sampler import Sampler
     from sprout.ledger.store import Ledger
+    from sprout.policy.base import Policy
     from sprout.policy.stats import LevelStats
 
 #: Policy-version kind of Sprout's LP statistics.
@@ -171,6 +173,62 @@ def lp_policy_version(ledger: Ledger, stats: LevelStats, xi: float) -> int:
     )
 
 
+def contextual_policy(
+    settings: Settings, ledger: Ledger | None, directives: DirectiveSet, rate: float
+) -> tuple[Policy, int] | None:
+    """The newest stored contextual policy and its version id, when ``settings.policy_kind``
+    allows one and the ledger holds one (its hash verified); else None (serve the LP mix).
+
+    A version that cannot be read or used is logged and the LP mix served.
+    """
+    import logging
+
+    from sprout.errors import SproutError
+
+    if settings.policy_kind == "lp" or ledger is None:
+        return None
+    from sprout.policy.retrain import load_policy
+
+    log = logging.getLogger("sprout.policy")
+    try:
+        loaded = load_policy(ledger, directives, settings.xi, rate)
+    except SproutError as e:
+        log.error("contextual policy unusable, serving the Sprout LP mix: %s", e)
+        return None
+    if loaded is None and settings.policy_kind == "contextual":
+        log.warning(
+            "policy_kind=contextual but no contextual policy version is stored (run "
+            "`sprout retrain`); serving the Sprout LP mix until one is"
+        )
+    return loaded
+
+
+def watch_policy_versions(
+    controller: Controller,
+    settings: Settings,
+    directives: DirectiveSet,
+    rate: float,
+    current: int | None,
+) -> None:
+    """Let ``controller`` pick up newer contextual policy versions without a restart: a
+    background thread checks every ``settings.policy_refresh_s`` (0: never); it stops when
+    the controller closes."""
+    ledger = controller.ledger
+    if ledger is None or settings.policy_kind == "lp" or settings.policy_refresh_s <= 0:
+        return
+    from sprout.policy.retrain import PolicyWatcher, load_policy
+
+    watcher = PolicyWatcher(
+        ledger,
+        lambda: load_policy(ledger, directives, settings.xi, rate),
+        controller.swap_policy,
+        current=current,
+        interval_s=settings.policy_refresh_s,
+    )
+    watcher.start()
+    controller.on_close(watcher.stop)
+
+
 def build_ledger(settings: Settings) -> Ledger:
     """The ledger at ``settings.db_url`` (migrated to the current schema on first use)."""
     from sprout.ledger.store import Ledger
@@ -278,6 +336,19 @@ def build_meter(settings: Settings, engine: Engine, ledger: Ledger | None = None
     return choice.meter
 
 
+def _build_sampler(
+    settings: Settings, ledger: Ledger | None, rng: random.Random | None
+) -> Sampler | None:
+    """The quality loop's sampler, when ``judge_sample_share`` > 0 (its own draws, seeded
+    from ``rng`` when given, so that sampling never shifts the policy's)."""
+    from sprout.judge.sampler import build_sampler
+
+    seeded = (
+        None if rng is None or settings.judge_sample_share <= 0 else random.Random(rng.random())
+    )
+    return build_sampler(settings, ledger, seeded)
+
+
 def build_controller(
     settings: Settings,
     *,
@@ -312,11 +383,22 @@ def build_controller(
     directives = load_directives(settings)
     stats = bundled_level_stats(directives)
     rate = embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years)
-    policy = SproutLPPolicy(directives, stats, settings.xi, rate)
+    policy: Policy = SproutLPPolicy(directives, stats, settings.xi, rate)
     signal = build_signal(settings, clock, monotonic)
     if ledger is None and use_ledger:
         ledger = build_ledger(settings)
-    version = lp_policy_version(ledger, stats, settings.xi) if ledger is not None else None
+    # The per-request model when a trained version is stored (see `sprout retrain`).
+    contextual = contextual_policy(settings, ledger, directives, rate)
+    if contextual is not None:
+        policy = contextual[0]
+    if ledger is not None:  # what the quality loop learnt survives restarts (sprout.judge)
+        from sprout.judge.job import restore_quality
+
+        policy, stats = restore_quality(ledger, policy, stats, directives.baseline)
+    if contextual is not None:
+        version: int | None = contextual[1]
+    else:
+        version = lp_policy_version(ledger, stats, settings.xi) if ledger is not None else None
     if engine is None:
         engine = build_engine(settings)
     meter = build_meter(settings, engine, ledger)
@@ -332,6 +414,10 @@ def build_controller(
         policy_version=version,
         clock=clock,
         rng=rng,
+        sampler=_build_sampler(settings, ledger, rng),
+    )
+    watch_policy_versions(
+        controller, settings, directives, rate, contextual[1] if contextual else None
     )
     if poll is None:
         poll = settings.carbon_poll and uses_live_provider(settings)

@@ -50,6 +50,10 @@ class Receipt:
     #: ``serve`` for a request served to a user, ``evaluation`` for the quality loop's own
     #: generations (reported as evaluation overhead).
     purpose: str = "serve"
+    #: ``energy_kwh`` split into prefill (up to the first token) and decode, where the engine
+    #: reports the first token's time; None otherwise.
+    prefill_kwh: float | None = None
+    decode_kwh: float | None = None
 
     @property
     def total_g(self) -> float:

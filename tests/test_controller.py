@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sprout.carbon.base import CarbonProvider
 from sprout.carbon.trace import load_trace
 from sprout.config import load_settings
 from sprout.data import load_responses
+from sprout.energy.base import EnergySample
 from sprout.engines.base import Engine, Generation
 from sprout.errors import ProviderError, RequestError, UnknownPromptError
 from sprout.factory import build_controller
@@ -242,3 +244,47 @@ def test_durable_setting_reaches_the_ledger(sqlite_url, clock):
     )
     with build_controller(settings, engine=_Echo(), clock=clock.now) as c:
         assert c.ledger.durability == "durable"
+
+
+class _FirstToken(_Echo):
+    """An engine that reports the first token's time (and, if given, its own energy)."""
+
+    name = "first-token"
+
+    def __init__(self, first_token_s, energy=None):
+        self.first_token_s = first_token_s
+        self.energy = energy
+
+    def generate(self, request):
+        return replace(
+            super().generate(request), energy=self.energy, first_token_s=self.first_token_s
+        )
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "estimated"])
+def test_receipt_splits_energy_into_prefill_and_decode(sqlite_url, clock, recorded):
+    energy = EnergySample(2e-5, "recorded", 0.5) if recorded else None
+    settings = load_settings(env={}, db_url=sqlite_url, carbon_provider="static")
+    with build_controller(settings, engine=_FirstToken(0.1, energy), clock=clock.now) as c:
+        result = c.chat([{"role": "user", "content": "hi"}])
+        assert c.ledger.flush()
+        stored = c.ledger.receipts()
+        assert c.ledger.verify().ok
+    r = result.receipt
+    assert r.prefill_kwh > 0 and r.decode_kwh > 0
+    assert r.prefill_kwh + r.decode_kwh == pytest.approx(r.energy_kwh, rel=1e-12)
+    assert (r.prefill_kwh, r.decode_kwh) == (result.energy.prefill_kwh, result.energy.decode_kwh)
+    if recorded:  # no split of its own: by the first token's share of the time
+        assert r.prefill_kwh == pytest.approx(2e-5 * 0.1 / 0.5)
+    assert stored == [r]
+
+
+def test_receipt_has_no_split_without_the_first_token_time(sqlite_url, clock):
+    settings = load_settings(env={}, db_url=sqlite_url, carbon_provider="static")
+    engine = _FirstToken(None, EnergySample(2e-5, "recorded", 0.5))
+    with build_controller(settings, engine=engine, clock=clock.now) as c:
+        r = c.chat([{"role": "user", "content": "hi"}]).receipt
+        assert c.ledger.flush()
+        stored = c.ledger.receipts()
+    assert r.prefill_kwh is None and r.decode_kwh is None
+    assert stored == [r]

@@ -34,8 +34,11 @@ T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def make_receipt(i: int, **overrides: object) -> Receipt:
-    """A receipt whose every field depends on ``i`` (odd ones carry the optional fields)."""
+    """A receipt whose every field depends on ``i`` (odd ones carry the optional fields, every
+    third one the prefill/decode split)."""
     odd = i % 2 == 1
+    energy_kwh = 1e-5 * (i + 1) / 7
+    prefill_kwh = energy_kwh * (i % 5 + 1) / 9 if i % 3 == 0 else None
     fields: dict[str, object] = {
         "request_id": f"req-{i:06d}",
         "created_at": T0 + timedelta(seconds=i, microseconds=i),
@@ -46,7 +49,7 @@ def make_receipt(i: int, **overrides: object) -> Receipt:
         "input_tokens": 10 + i,
         "output_tokens": 100 + i,
         "latency_s": 0.1 * i + 1 / 3,
-        "energy_kwh": 1e-5 * (i + 1) / 7,
+        "energy_kwh": energy_kwh,
         "energy_source": "recorded",
         "ci_g_per_kwh": 123.456 + i,
         "ci_zone": "GB",
@@ -66,6 +69,8 @@ def make_receipt(i: int, **overrides: object) -> Receipt:
         "baseline_g": 0.05 if odd else None,
         "baseline_source": "recorded" if odd else None,
         "prompt_id": f"alpaca-{i}" if odd else None,
+        "prefill_kwh": prefill_kwh,
+        "decode_kwh": None if prefill_kwh is None else energy_kwh - prefill_kwh,
     }
     fields.update(overrides)
     return Receipt(**fields)  # type: ignore[arg-type]
@@ -112,7 +117,10 @@ def test_upgrade_creates_tables_at_head(db: tuple[str, Path]) -> None:
         "sampled_prompts",
         "alembic_version",
     } <= tables
-    assert current_revision(url) == head_revisions()[0] == "0002"
+    # One head (revisions added side by side must be chained), and the database is at it.
+    heads = head_revisions()
+    assert len(heads) == 1
+    assert current_revision(url) == heads[0]
 
 
 def test_models_match_migrations(db: tuple[str, Path]) -> None:
@@ -171,6 +179,10 @@ def test_append_flush_round_trip(ledger: Ledger, db: tuple[str, Path]) -> None:
         assert r.created_at.utcoffset() == timedelta(0)
         assert r.ci_time.tzinfo is not None and r.ci_time.utcoffset() == timedelta(0)
     assert back[1].tenant == "tenant-1" and back[0].tenant is None
+    # The prefill/decode split round-trips, and so does its absence.
+    assert back[3].prefill_kwh == originals[3].prefill_kwh is not None
+    assert back[3].prefill_kwh + back[3].decode_kwh == pytest.approx(back[3].energy_kwh)
+    assert back[4].prefill_kwh is None and back[4].decode_kwh is None
     # since is inclusive, until exclusive; bounds in another timezone compare as instants.
     plus2 = timezone(timedelta(hours=2))
     since, until = originals[10].created_at.astimezone(plus2), originals[20].created_at

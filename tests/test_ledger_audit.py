@@ -248,6 +248,37 @@ def test_no_counterfactual_is_not_zero_savings(tmp_path: Path) -> None:
     assert "0 of 5 served requests" in report.notes[0]
 
 
+def test_report_sums_the_prefill_decode_split(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = [r for r in RECEIPTS if r.prefill_kwh is not None]
+    assert 0 < len(split) < len(RECEIPTS)
+    # The whole ledger (rollups only), then a window whose edge falls inside an hour.
+    for since in (None, T0 + timedelta(minutes=17, seconds=5)):
+        t = ledger_report(url, since=since, group_by="directive").totals
+        chosen = [r for r in split if since is None or r.created_at >= since]
+        assert t.split_n == len(chosen)
+        assert close(t.prefill_kwh, sum(r.prefill_kwh or 0.0 for r in chosen))
+        assert close(t.decode_kwh, sum(r.decode_kwh or 0.0 for r in chosen))
+    assert main(["ledger", "report", "--db", url, "--format", "csv"]) == 0
+    total = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))[-1]
+    assert close(float(total["prefill_kwh"]), sum(r.prefill_kwh or 0.0 for r in split))
+    assert main(["ledger", "report", "--db", url, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["totals"]["energy_split"]["requests"] == len(split)
+    assert f"{len(split)} of {len(RECEIPTS)} requests have one" in " ".join(doc["notes"])
+    # Without any split: no such columns, and null (not zero) kWh.
+    bare = f"sqlite:///{tmp_path / 'bare.db'}"
+    with Ledger(bare, flush_interval_s=0.05) as led:
+        led.append(make_receipt(1))
+        assert led.flush()
+    assert main(["ledger", "report", "--db", bare, "--format", "csv"]) == 0
+    assert "prefill_kwh" not in capsys.readouterr().out
+    assert main(["ledger", "report", "--db", bare, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["totals"]["energy_split"] == {"requests": 0, "prefill_kwh": None, "decode_kwh": None}
+
+
 def test_bad_report_arguments() -> None:
     with pytest.raises(ConfigError, match="group-by"):
         ledger_report("sqlite://", group_by="week")

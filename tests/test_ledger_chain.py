@@ -9,20 +9,26 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, DateTime, MetaData, Table, create_engine, insert
+from sqlalchemy import Column, DateTime, MetaData, Table, create_engine, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from test_ledger import make_receipt
 
 from sprout.cli import main
 from sprout.ledger.chain import (
+    CURRENT,
+    ENCODING_V1,
+    ENCODING_V2,
+    FIELD_KINDS_V1,
     GENESIS_HASH,
+    HASH_VERSION,
     HASHED_FIELDS,
     ChainHasher,
     canonical_content,
+    receipt_row_hash,
     row_hash,
 )
 from sprout.ledger.migrate import downgrade, upgrade
-from sprout.ledger.schema import receipts_table
+from sprout.ledger.schema import ledger_chains_table, receipts_table
 from sprout.ledger.store import Ledger, _make_preparer, _prepared_record
 from sprout.ledger.verify import verify
 from sprout.receipt import Receipt
@@ -60,28 +66,109 @@ def edge_receipts() -> list[Receipt]:
         replace(base, request_id="tz", created_at=datetime(2024, 3, 1, 17, 30, 0, 7, plus5)),
         replace(base, request_id="tiny", energy_kwh=5e-324, ci_g_per_kwh=1e300),
         replace(base, request_id="eval", purpose="evaluation"),
+        replace(base, request_id="split", prefill_kwh=1e-6, decode_kwh=2.5e-6),
+        replace(base, request_id="split-zero", prefill_kwh=-0.0, decode_kwh=base.energy_kwh),
+        replace(base, request_id="prefill-only", prefill_kwh=3, decode_kwh=None),
     ]
+
+
+#: Receipt columns that encoding v1's writers never name.
+V2_COLUMNS = ("prefill_kwh", "decode_kwh", "hash_version")
+
+
+def write_v1_rows(
+    url: str, chain_id: str, receipts: list[Receipt], after: tuple[int, str] = (0, GENESIS_HASH)
+) -> tuple[int, str]:
+    """Store ``receipts`` as a writer from before encoding v2 did: v1 hashes, inserted
+    without naming the v2 columns, continuing the chain after ``(seq, hash)``; returns the
+    new head. (Rollups are not maintained: verify those rows with ``check_rollups=False``.)"""
+    table = Table(
+        "receipts",
+        MetaData(),
+        *(Column(c.name, c.type) for c in receipts_table.columns if c.name not in V2_COLUMNS),
+    )
+    seq, prev = after
+    rows = []
+    for r in receipts:
+        seq += 1
+        values = {name: getattr(r, name) for name, _ in FIELD_KINDS_V1}
+        digest = receipt_row_hash(chain_id, seq, prev, list(values.values()), version=1)
+        rows.append({**values, "chain_id": chain_id, "seq": seq, "prev_hash": prev, "hash": digest})
+        prev = digest
+    heads, now = ledger_chains_table, datetime.now(UTC)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+        if after[0] == 0:
+            conn.execute(
+                insert(heads).values(
+                    chain_id=chain_id,
+                    created_at=now,
+                    updated_at=now,
+                    host="old",
+                    pid=1,
+                    receipt_count=seq,
+                    last_hash=prev,
+                )
+            )
+        else:
+            conn.execute(
+                update(heads)
+                .where(heads.c.chain_id == chain_id)
+                .values(receipt_count=seq, last_hash=prev, updated_at=now)
+            )
+    engine.dispose()
+    return seq, prev
 
 
 # ------------------------------------------------------------------- encoding
 
 
 def test_every_receipt_field_is_hashed() -> None:
-    # A new Receipt field must be added to the chain encoding (with a new CHAIN_VERSION,
+    # A new Receipt field must be added to the chain encoding (with a new encoding version,
     # so that stored rows still verify with the old one).
     assert set(HASHED_FIELDS) == {f.name for f in fields(Receipt)}
+
+
+def test_encodings_are_frozen() -> None:
+    # Stored hashes must verify forever. The v1 digests were computed by the code that wrote
+    # v1 rows (before v2 existed); v2's pin it from here on.
+    assert (ENCODING_V1.tag, ENCODING_V2.tag) == ("sprout-receipt-v1", "sprout-receipt-v2")
+    assert ENCODING_V2.fields == (*ENCODING_V1.fields, "prefill_kwh", "decode_kwh")
+    assert len(FIELD_KINDS_V1) == 30 and FIELD_KINDS_V1[-1] == ("purpose", "str")
+    assert CURRENT is ENCODING_V2 and HASH_VERSION == 2
+    pinned = {
+        1: (
+            "a9ae9de06b0a18fb70391c47921b62181dd00034040aa3592768d8c0cd9cbda1",
+            "811b4cc8debc318fdd4abb35c204e3d448a04bb3ebf91b23b9fecf117fe3af89",
+        ),
+        2: (
+            "bc2bf1ff960c0f4f4f7c2fd0267ac4d275fc3d5045806a65b53969d5a37aaa4a",
+            "5332eee5611f426f2706a8fad3dfae16097c3cf7fea00c9bb46dd8b7fab4a171",
+        ),
+    }
+    for version, digests in pinned.items():
+        fields_ = ENCODING_V1.fields if version == 1 else ENCODING_V2.fields
+        prev = GENESIS_HASH
+        for i, digest in zip((3, 4), digests, strict=True):
+            values = [getattr(make_receipt(i), n) for n in fields_]
+            prev = receipt_row_hash("golden:1:x", i, prev, values, version=version)
+            assert prev == digest, (version, i)
 
 
 @pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.psycopg.dialect()])
 def test_writer_fast_path_equals_reference_encoding(dialect: object) -> None:
     prepare = _make_preparer(dialect)
     hasher = ChainHasher("host:1:abc")
+    assert hasher.version == CURRENT.number == 2  # the writer hashes with v2, and says so
     prev = GENESIS_HASH
     for seq, receipt in enumerate(edge_receipts() * 2, start=1):  # twice: the datetime cache
         _, _, others, floats_hex = prepare(receipt)
-        values = [getattr(receipt, name) for name in HASHED_FIELDS]
-        expected = row_hash("host:1:abc", seq, prev, canonical_content(values))
+        values = [getattr(receipt, name) for name in ENCODING_V2.fields]
+        content = ENCODING_V2.canonical_content(values)
+        expected = ENCODING_V2.row_hash("host:1:abc", seq, prev, content)
         assert hasher.hash(seq, prev, others, floats_hex) == expected
+        assert row_hash("host:1:abc", seq, prev, canonical_content(values)) == expected
         prev = expected
 
 
@@ -207,6 +294,9 @@ def test_migration_from_0001_chains_existing_receipts(url: str) -> None:
         "seq",
         "prev_hash",
         "hash",
+        "prefill_kwh",
+        "decode_kwh",
+        "hash_version",
     }
     legacy = Table(
         "receipts",
@@ -240,6 +330,59 @@ def test_migration_from_0001_chains_existing_receipts(url: str) -> None:
     upgrade(url)
     result = verify(url)
     assert result.ok and result.receipts == 45
+
+
+def test_v1_rows_still_verify_after_upgrade_to_head(url: str) -> None:
+    upgrade(url, "0002")
+    old = [make_receipt(i) for i in range(12)]  # some carry a split, which v1 writers drop
+    head = write_v1_rows(url, "old:1:a", old[:8])
+    upgrade(url)
+    assert verify(url, check_rollups=False).ok
+    # A writer from before v2, still running after the upgrade, names no v2 column: its rows
+    # take the column default, v1, and verify as such.
+    write_v1_rows(url, "old:1:a", old[8:], after=head)
+    new_chain = fill(url, 9, start=100)
+    result = verify(url, check_rollups=False)
+    assert result.ok, result.summary()
+    assert (result.chains, result.receipts) == (2, 21)
+    with db(url) as conn:
+        versions = set(conn.execute("SELECT DISTINCT chain_id, hash_version FROM receipts"))
+    assert versions == {("old:1:a", 1), (new_chain, 2)}
+    with Ledger(url) as led:
+        back = {r.request_id: r for r in led.receipts()}
+    assert back["req-000003"].prefill_kwh is None and back["req-000009"].decode_kwh is None
+    assert back["req-000102"] == make_receipt(102) and back["req-000102"].prefill_kwh
+    # Down to 0002 and back: the v1 rows still verify.
+    with db(url) as conn:
+        conn.execute("DELETE FROM receipts WHERE chain_id = ?", (new_chain,))
+        conn.execute("DELETE FROM ledger_chains WHERE chain_id = ?", (new_chain,))
+    downgrade(url, "0002")
+    upgrade(url)
+    result = verify(url, check_rollups=False)
+    assert result.ok and result.receipts == 12, result.summary()
+
+
+def test_encoding_of_each_row_is_checked(url: str) -> None:
+    upgrade(url, "0002")
+    write_v1_rows(url, "old:1:a", [make_receipt(i) for i in range(4)])
+    upgrade(url)
+    fill(url, 4, start=10)
+    with db(url) as conn:
+        # A split put on a v1 row: v1's hash does not cover it, so nothing else would catch it.
+        conn.execute(
+            "UPDATE receipts SET prefill_kwh = 1e-6, decode_kwh = 2e-6 WHERE request_id = ?",
+            ("req-000001",),
+        )
+        # A v2 row relabelled v1, and one labelled with an encoding that does not exist.
+        conn.execute("UPDATE receipts SET hash_version = 1 WHERE request_id = 'req-000011'")
+        conn.execute("UPDATE receipts SET hash_version = 9 WHERE request_id = 'req-000012'")
+    result = verify(url, check_rollups=False)
+    problems = {p.request_id: p for p in result.problems}
+    assert set(problems) == {"req-000001", "req-000011", "req-000012"}, result.summary()
+    assert {p.kind for p in result.problems} == {"altered"}
+    assert "does not cover prefill_kwh, decode_kwh" in problems["req-000001"].message
+    assert "does not match its hash" in problems["req-000011"].message
+    assert "hash_version 9 names no known encoding" in problems["req-000012"].message
 
 
 # ------------------------------------------------------------------- tampering
@@ -279,6 +422,28 @@ def test_altered_row_is_named(url: str, capsys: pytest.CaptureFixture[str]) -> N
     )
     assert f"row id {row_id} (request req-000007" in out
     assert result.problem_count == 1  # the next row still links to the stored hash
+
+
+def test_altered_split_is_named(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    fill(url, 12)  # every third receipt carries a split, hashed with v2
+    with db(url) as conn:
+        conn.execute(
+            "UPDATE receipts SET prefill_kwh = prefill_kwh * 2 WHERE request_id = 'req-000006'"
+        )
+        # Moving energy from decode to prefill keeps the receipt's energy as it was.
+        conn.execute(
+            "UPDATE receipts SET prefill_kwh = energy_kwh, decode_kwh = 0 "
+            "WHERE request_id = 'req-000009'"
+        )
+        # A split made up for a receipt that had none.
+        conn.execute("UPDATE receipts SET decode_kwh = energy_kwh WHERE request_id = 'req-000007'")
+    code, out = verify_cli(url, capsys)
+    assert code == 1
+    for request_id in ("req-000006", "req-000007", "req-000009"):
+        assert f"(request {request_id}, chain" in out and "does not match its hash" in out
+    assert "prefill_kwh is" in out  # the rollups (which sum the split) disagree too
+    result = verify(url, check_rollups=False)
+    assert result.problem_count == 3 and {p.kind for p in result.problems} == {"altered"}
 
 
 def test_altered_and_rehashed_row_breaks_the_link(url: str) -> None:

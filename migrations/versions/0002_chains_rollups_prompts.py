@@ -28,7 +28,9 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-from sprout.ledger.chain import FIELD_KINDS, GENESIS_HASH, receipt_row_hash
+# The v1 encoding, frozen: this revision chains the receipts of its time with it, whatever
+# encoding later writers use.
+from sprout.ledger.chain import FIELD_KINDS_V1, GENESIS_HASH, receipt_row_hash
 from sprout.ledger.schema import UTCDateTime
 
 revision: str = "0002"
@@ -146,11 +148,11 @@ def upgrade() -> None:
 
 def _chain_existing_receipts(bind: sa.Connection) -> None:
     """Chain the receipts stored before this revision into one chain, in id order."""
-    names = [name for name, _ in FIELD_KINDS]
+    names = [name for name, _ in FIELD_KINDS_V1]
     kinds = {"str": sa.String(), "int": sa.Integer(), "float": sa.Double()}
     columns = [
         sa.column(name, UTCDateTime() if kind.startswith("datetime") else kinds[kind.rstrip("?")])
-        for name, kind in FIELD_KINDS
+        for name, kind in FIELD_KINDS_V1
     ]
     receipts = sa.table(
         "receipts",
@@ -168,7 +170,7 @@ def _chain_existing_receipts(bind: sa.Connection) -> None:
         return
     prev, updates = GENESIS_HASH, []
     for seq, row in enumerate(rows, start=1):
-        digest = receipt_row_hash(_MIGRATED_CHAIN, seq, prev, row[1:])
+        digest = receipt_row_hash(_MIGRATED_CHAIN, seq, prev, row[1:], version=1)
         updates.append(
             {
                 "b_id": row[0],

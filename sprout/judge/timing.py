@@ -134,3 +134,106 @@ def run_hours(
         for h, (ci, mean) in enumerate(zip(ci_g_per_kwh, means, strict=True))
         if clock.step(h, float(ci), float(mean))
     ]
+
+
+@dataclass(frozen=True)
+class ForecastTimingRule(TimingRule):
+    """Sprout's timing rule made forecast-aware, with a deadline (stateless).
+
+    Sprout's rule sees a low only once it has passed. When the carbon provider forecasts the
+    coming hours, the evaluator can instead run at the cleanest hour still ahead: it runs
+    now when no forecast hour before the deadline has a lower decay-adjusted intensity
+    ``D(t) = CI(t) * exp(decay_per_h * (t - t_last))`` than now. The deadline is the earlier
+    of ``t_last + max_gap_h`` and ``deadline_hour`` (e.g. the hour by which the oldest queued
+    prompt must be judged). When the forecast stops short of the deadline, a cleaner hour
+    may still come after it, so the hour must also be below the mean intensity, as in
+    Sprout's rule. ``deadline_hour`` forces a run even within ``min_gap_h``: it is a promise
+    to the operator (a maximum staleness), the gap only a preference.
+    """
+
+    def should_run_forecast(
+        self,
+        hour: int,
+        last_run_hour: int | None,
+        ci_now: float,
+        forecast: Sequence[tuple[int, float]],
+        ci_mean: float,
+        deadline_hour: int | None = None,
+    ) -> bool | None:
+        """Whether the evaluator runs at ``hour``; None when the forecast cannot tell.
+
+        Args:
+            hour: the current hour.
+            last_run_hour: the hour of the last run (None: never ran, so run now).
+            ci_now: the intensity now.
+            forecast: ``(hour, intensity)`` of forecast hours; those after ``hour`` and not
+                after the deadline are considered.
+            ci_mean: the mean intensity (for forecasts that stop short of the deadline).
+            deadline_hour: run at this hour at the latest (None: only ``max_gap_h``).
+
+        Returns:
+            True or False; None when no forecast hour lies between now and the deadline
+            (fall back to :meth:`TimingRule.should_run`).
+        """
+        if last_run_hour is None:
+            return True
+        if deadline_hour is not None and hour >= deadline_hour:
+            return True
+        gap = hour - last_run_hour
+        if gap < self.min_gap_h:
+            return False
+        if gap >= self.max_gap_h:
+            return True
+        end = last_run_hour + self.max_gap_h
+        if deadline_hour is not None:
+            end = min(end, deadline_hour)
+        ahead = [(h, ci) for h, ci in forecast if hour < h <= end]
+        if not ahead:
+            return None
+
+        def adjusted(h: float, ci: float) -> float:
+            return ci * math.exp(self.decay_per_h * (h - last_run_hour))
+
+        if adjusted(hour, ci_now) > min(adjusted(h, ci) for h, ci in ahead):
+            return False  # a cleaner hour comes before the deadline
+        if max(h for h, _ in ahead) >= math.floor(end):
+            return True  # the cleanest hour left before the deadline is now
+        return ci_now < ci_mean
+
+
+@dataclass
+class ForecastEvaluatorClock(EvaluatorClock):
+    """:class:`EvaluatorClock` with forecasts and a deadline (see :class:`ForecastTimingRule`).
+
+    Each :meth:`step` uses the forecast when it covers hours before the deadline, else
+    Sprout's rule on the hours seen; a deadline that has come forces a run either way.
+    """
+
+    rule: TimingRule = field(default_factory=ForecastTimingRule)
+
+    def step(  # type: ignore[override]
+        self,
+        hour: int,
+        ci_g_per_kwh: float,
+        ci_mean: float,
+        forecast: Sequence[tuple[int, float]] = (),
+        deadline_hour: int | None = None,
+    ) -> bool:
+        """Record ``hour``'s intensity; True when the evaluator should run now (recorded)."""
+        self._recent[hour] = ci_g_per_kwh
+        for old in [h for h in self._recent if h < hour - 2]:
+            del self._recent[old]
+        rule = (
+            self.rule
+            if isinstance(self.rule, ForecastTimingRule)
+            else ForecastTimingRule(self.rule.min_gap_h, self.rule.max_gap_h, self.rule.decay_per_h)
+        )
+        run = rule.should_run_forecast(
+            hour, self.last_run_hour, ci_g_per_kwh, forecast, ci_mean, deadline_hour
+        )
+        if run is None:
+            recent = [self._recent.get(hour - 2), self._recent.get(hour - 1), ci_g_per_kwh]
+            run = rule.should_run(hour, self.last_run_hour, recent, ci_mean)
+        if run:
+            self.last_run_hour = hour
+        return run

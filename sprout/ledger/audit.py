@@ -74,6 +74,9 @@ class ReportRow:
     eval_g: float = 0.0
     judged: int = 0
     judge_preferred: int = 0
+    split_n: int = 0  # requests whose energy is split into prefill and decode
+    prefill_kwh: float = 0.0
+    decode_kwh: float = 0.0
 
     @property
     def total_g(self) -> float:
@@ -138,6 +141,9 @@ class ReportRow:
             "eval_g",
             "judged",
             "judge_preferred",
+            "split_n",
+            "prefill_kwh",
+            "decode_kwh",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for source, kwh in other.kwh_by_source.items():
@@ -433,6 +439,9 @@ def _fold(
     row.operational_g += float(s["operational_g"] or 0.0)
     row.embodied_g += float(s["embodied_g"] or 0.0)
     row.ci_kwh += float(s["ci_kwh"] or 0.0)
+    row.split_n += int(s["split_n"] or 0)
+    row.prefill_kwh += float(s["prefill_kwh"] or 0.0)
+    row.decode_kwh += float(s["decode_kwh"] or 0.0)
     if purpose == "evaluation":
         # The quality loop's own generations: overhead, with no counterfactual of their own.
         row.eval_requests += requests
@@ -465,6 +474,11 @@ def _notes(report: Report) -> list[str]:
         )
     elif not t.judged:
         notes.append("judge-preferred share: n/a, no request in this window was judged")
+    if 0 < t.split_n < t.requests:
+        notes.append(
+            f"prefill/decode split: {t.split_n} of {t.requests} requests have one (engines "
+            "that report the first token's time); the prefill and decode kWh sum those only"
+        )
     if t.eval_requests:
         notes.append(
             f"evaluation overhead: {t.eval_requests} generations of the quality loop, "
@@ -487,6 +501,11 @@ def _columns(report: Report) -> list[tuple[str, str, Any]]:
         cols.append(
             (f"kwh_{source}", f"kWh {source}", lambda r, s=source: r.kwh_by_source.get(s, 0.0))
         )
+    if report.totals.split_n:
+        cols += [
+            ("prefill_kwh", "kWh prefill", lambda r: r.prefill_kwh if r.split_n else None),
+            ("decode_kwh", "kWh decode", lambda r: r.decode_kwh if r.split_n else None),
+        ]
     cols += [
         ("output_tokens_per_j", "tok/J", lambda r: r.tokens_per_j),
         ("operational_g", "op gCO2e", lambda r: r.operational_g),
@@ -581,6 +600,11 @@ def _row_json(r: ReportRow) -> dict[str, Any]:
         "embodied_g": r.embodied_g,
         "total_g": r.total_g,
         "ci_g_per_kwh": r.ci_g_per_kwh,
+        "energy_split": {
+            "requests": r.split_n,
+            "prefill_kwh": r.prefill_kwh if r.split_n else None,
+            "decode_kwh": r.decode_kwh if r.split_n else None,
+        },
         "savings": {
             "saved_g": r.saved_g,
             "saved_pct": r.saved_pct,

@@ -4,11 +4,17 @@ Every :class:`~sprout.ledger.store.Ledger` writes its receipts into its own chai
 replicas never contend on one row: row ``seq`` of chain ``chain_id`` stores
 ``hash = sha256(canonical encoding of (version, chain_id, seq, prev_hash, content))`` where
 ``prev_hash`` is the hash of row ``seq - 1`` (:data:`GENESIS_HASH` for the first row) and the
-content is the receipt's fields in :data:`HASHED_FIELDS` order. A chain head (count and last
+content is the receipt's fields in the encoding's field order. A chain head (count and last
 hash) is stored beside the rows, so that dropping a chain's tail is caught too.
 
-The encoding is frozen: stored hashes must verify forever. A new receipt field therefore
-needs a new encoding version (and a test fails until that is done).
+Encodings are frozen: stored hashes must verify forever. A new receipt field therefore needs
+a new encoding (a test fails until that is done): add it to :data:`ENCODINGS` and make it
+:data:`CURRENT`. Each row stores the number of the encoding it was hashed with
+(``receipts.hash_version``); the writer always uses :data:`CURRENT`, ``verify`` each row's
+own. Versions so far:
+
+- 1 (``sprout-receipt-v1``): :data:`FIELD_KINDS_V1`.
+- 2 (``sprout-receipt-v2``): v1's fields, then ``prefill_kwh`` and ``decode_kwh``.
 """
 
 from __future__ import annotations
@@ -23,14 +29,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-#: Encoding version, hashed into every row.
-CHAIN_VERSION = "sprout-receipt-v1"
 #: ``prev_hash`` of a chain's first row.
 GENESIS_HASH = "0" * 64
 
-#: The receipt fields covered by the hash, in encoding order, with their kind.
-#: ``str``/``int``/``float``/``datetime``; ``?`` marks a field that may be None.
-FIELD_KINDS: tuple[tuple[str, str], ...] = (
+#: Encoding v1's receipt fields, in encoding order, with their kind.
+#: ``str``/``int``/``float``/``datetime``; ``?`` marks a field that may be None. Frozen:
+#: rows hashed with v1 (and migration 0002, which chains pre-chain receipts) depend on it.
+FIELD_KINDS_V1: tuple[tuple[str, str], ...] = (
     ("request_id", "str"),
     ("created_at", "datetime"),
     ("directive", "str"),
@@ -62,7 +67,16 @@ FIELD_KINDS: tuple[tuple[str, str], ...] = (
     ("prompt_id", "str?"),
     ("purpose", "str"),
 )
-HASHED_FIELDS: tuple[str, ...] = tuple(name for name, _ in FIELD_KINDS)
+#: Encoding v2's fields: v1's, then the prefill/decode energy split. Frozen.
+FIELD_KINDS_V2: tuple[tuple[str, str], ...] = (
+    *FIELD_KINDS_V1,
+    ("prefill_kwh", "float?"),
+    ("decode_kwh", "float?"),
+)
+
+#: The bytes a null float hashes as: a quiet NaN, which no stored float can be (the writer
+#: refuses non-finite values).
+NULL_FLOAT = float("nan")
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 try:  # the C encoder made once: json's own encode() builds it anew on every call
@@ -87,15 +101,6 @@ def new_chain_id() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
-#: The float fields (hashed together as packed binary64) and the others (hashed as JSON).
-FLOAT_FIELDS: tuple[str, ...] = tuple(n for n, k in FIELD_KINDS if k.startswith("float"))
-OTHER_FIELDS: tuple[str, ...] = tuple(n for n, k in FIELD_KINDS if not k.startswith("float"))
-_pack_floats = struct.Struct(f"<{len(FLOAT_FIELDS)}d").pack
-#: The bytes a null float hashes as: a quiet NaN, which no stored float can be (the writer
-#: refuses non-finite values).
-NULL_FLOAT = float("nan")
-
-
 def canonical_datetime(value: datetime) -> str:
     """The encoding of a datetime: ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC.
 
@@ -115,52 +120,122 @@ def canonical_floats(values: Sequence[float | None]) -> str:
     Exact, and cheaper than decimal reprs. ``-0.0`` counts as ``0.0`` (SQLite gives a stored
     negative zero back as zero); None counts as :data:`NULL_FLOAT`.
     """
-    return _pack_floats(*(NULL_FLOAT if v is None else float(v) + 0.0 for v in values)).hex()
+    packed = (NULL_FLOAT if v is None else float(v) + 0.0 for v in values)
+    return struct.pack(f"<{len(values)}d", *packed).hex()
 
 
-def canonical_content(values: Sequence[Any]) -> tuple[list[Any], str]:
-    """``values`` (in :data:`HASHED_FIELDS` order) as what gets hashed.
+class ChainEncoding:
+    """One frozen encoding of a chain row: its version tag and its fields.
 
-    Returns:
-        The :data:`OTHER_FIELDS` values as JSON values (strings, integers, null; datetimes
-        as :func:`canonical_datetime`) and the :func:`canonical_floats` of the
-        :data:`FLOAT_FIELDS`.
+    Args:
+        number: stored in ``receipts.hash_version`` beside each row hashed with it.
+        tag: the version string hashed into every row.
+        field_kinds: the receipt fields covered, in encoding order, with their kind.
+    """
+
+    def __init__(self, number: int, tag: str, field_kinds: tuple[tuple[str, str], ...]) -> None:
+        self.number = number
+        self.tag = tag
+        self.field_kinds = field_kinds
+        self.fields: tuple[str, ...] = tuple(name for name, _ in field_kinds)
+        #: The float fields (hashed together as packed binary64) and the others (as JSON).
+        self.float_fields = tuple(n for n, k in field_kinds if k.startswith("float"))
+        self.other_fields = tuple(n for n, k in field_kinds if not k.startswith("float"))
+
+    def __repr__(self) -> str:
+        return f"ChainEncoding({self.number}, {self.tag!r})"
+
+    def canonical_content(self, values: Sequence[Any]) -> tuple[list[Any], str]:
+        """``values`` (in :attr:`fields` order) as what gets hashed.
+
+        Returns:
+            The :attr:`other_fields` values as JSON values (strings, integers, null;
+            datetimes as :func:`canonical_datetime`) and the :func:`canonical_floats` of the
+            :attr:`float_fields`.
+
+        Raises:
+            TypeError, ValueError: a value that does not fit its field's kind.
+        """
+        others: list[Any] = []
+        floats: list[float | None] = []
+        for (_, kind), value in zip(self.field_kinds, values, strict=True):
+            code = kind[0]
+            if code == "f":
+                floats.append(None if value is None else float(value))
+            elif value is None:
+                others.append(None)
+            elif code == "i":
+                others.append(int(value))
+            elif code == "d":
+                others.append(canonical_datetime(value))
+            else:
+                others.append(str(value))
+        return others, canonical_floats(floats)
+
+    def row_hash(
+        self, chain_id: str, seq: int, prev_hash: str, content: tuple[Sequence[Any], str]
+    ) -> str:
+        """Hex SHA-256 of one chain row; ``content`` comes from :meth:`canonical_content`.
+
+        The hashed bytes are the UTF-8 of the compact JSON array
+        ``[tag, chain_id, seq, prev_hash, others, floats_hex]`` (no spaces, non-ASCII
+        characters as they are).
+        """
+        others, floats_hex = content
+        payload = _encode([self.tag, chain_id, seq, prev_hash, list(others), floats_hex])
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+ENCODING_V1 = ChainEncoding(1, "sprout-receipt-v1", FIELD_KINDS_V1)
+ENCODING_V2 = ChainEncoding(2, "sprout-receipt-v2", FIELD_KINDS_V2)
+#: Every encoding a stored row may use, by its number (``receipts.hash_version``).
+ENCODINGS: dict[int, ChainEncoding] = {e.number: e for e in (ENCODING_V1, ENCODING_V2)}
+#: The encoding new rows are hashed with.
+CURRENT = ENCODING_V2
+
+#: The current encoding's number, version tag and fields (what the writer uses).
+HASH_VERSION: int = CURRENT.number
+CHAIN_VERSION: str = CURRENT.tag
+FIELD_KINDS: tuple[tuple[str, str], ...] = CURRENT.field_kinds
+HASHED_FIELDS: tuple[str, ...] = CURRENT.fields
+FLOAT_FIELDS: tuple[str, ...] = CURRENT.float_fields
+OTHER_FIELDS: tuple[str, ...] = CURRENT.other_fields
+
+
+def encoding(version: int) -> ChainEncoding:
+    """The encoding numbered ``version``.
 
     Raises:
-        TypeError, ValueError: a value that does not fit its field's kind.
+        ValueError: no such encoding.
     """
-    others: list[Any] = []
-    floats: list[float | None] = []
-    for (_, kind), value in zip(FIELD_KINDS, values, strict=True):
-        code = kind[0]
-        if code == "f":
-            floats.append(None if value is None else float(value))
-        elif value is None:
-            others.append(None)
-        elif code == "i":
-            others.append(int(value))
-        elif code == "d":
-            others.append(canonical_datetime(value))
-        else:
-            others.append(str(value))
-    return others, canonical_floats(floats)
+    try:
+        return ENCODINGS[version]
+    except KeyError:
+        raise ValueError(f"unknown chain encoding version {version!r}") from None
 
 
-def row_hash(chain_id: str, seq: int, prev_hash: str, content: tuple[Sequence[Any], str]) -> str:
-    """Hex SHA-256 of one chain row; ``content`` comes from :func:`canonical_content`.
-
-    The hashed bytes are the UTF-8 of the compact JSON array
-    ``[CHAIN_VERSION, chain_id, seq, prev_hash, others, floats_hex]`` (no spaces, non-ASCII
-    characters as they are).
-    """
-    others, floats_hex = content
-    payload = _encode([CHAIN_VERSION, chain_id, seq, prev_hash, list(others), floats_hex])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def canonical_content(values: Sequence[Any], version: int = HASH_VERSION) -> tuple[list[Any], str]:
+    """:meth:`ChainEncoding.canonical_content` of encoding ``version`` (default: current)."""
+    return encoding(version).canonical_content(values)
 
 
-def receipt_row_hash(chain_id: str, seq: int, prev_hash: str, values: Sequence[Any]) -> str:
-    """:func:`row_hash` of raw field values (in :data:`HASHED_FIELDS` order)."""
-    return row_hash(chain_id, seq, prev_hash, canonical_content(values))
+def row_hash(
+    chain_id: str,
+    seq: int,
+    prev_hash: str,
+    content: tuple[Sequence[Any], str],
+    version: int = HASH_VERSION,
+) -> str:
+    """:meth:`ChainEncoding.row_hash` of encoding ``version`` (default: current)."""
+    return encoding(version).row_hash(chain_id, seq, prev_hash, content)
+
+
+def receipt_row_hash(
+    chain_id: str, seq: int, prev_hash: str, values: Sequence[Any], version: int = HASH_VERSION
+) -> str:
+    """:func:`row_hash` of raw field values (in the fields order of encoding ``version``)."""
+    enc = encoding(version)
+    return enc.row_hash(chain_id, seq, prev_hash, enc.canonical_content(values))
 
 
 class ChainHasher:
@@ -168,11 +243,13 @@ class ChainHasher:
 
     Args:
         chain_id: the chain.
+        version: the encoding (default: current).
     """
 
-    def __init__(self, chain_id: str) -> None:
+    def __init__(self, chain_id: str, version: int = HASH_VERSION) -> None:
         self.chain_id = chain_id
-        self._prefix = _encode([CHAIN_VERSION, chain_id])[:-1] + ","
+        self.version = version
+        self._prefix = _encode([encoding(version).tag, chain_id])[:-1] + ","
 
     def hash(self, seq: int, prev_hash: str, others: Sequence[Any], floats_hex: str) -> str:
         """The hash of row ``seq``; ``others`` is a list or tuple of JSON values."""
@@ -183,17 +260,26 @@ class ChainHasher:
 
 __all__ = [
     "CHAIN_VERSION",
+    "CURRENT",
+    "ENCODINGS",
+    "ENCODING_V1",
+    "ENCODING_V2",
     "FIELD_KINDS",
+    "FIELD_KINDS_V1",
+    "FIELD_KINDS_V2",
     "FLOAT_FIELDS",
     "GENESIS_HASH",
     "HASHED_FIELDS",
+    "HASH_VERSION",
     "NULL_FLOAT",
     "OTHER_FIELDS",
+    "ChainEncoding",
     "ChainHasher",
     "canonical_content",
     "canonical_datetime",
     "canonical_floats",
     "encode_json_array",
+    "encoding",
     "new_chain_id",
     "receipt_row_hash",
     "row_hash",

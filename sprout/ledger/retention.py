@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, delete, func, select
 
 from sprout.errors import ConfigError
-from sprout.ledger.migrate import create_ledger_engine, ledger_errors
+from sprout.ledger.migrate import SQLITE_BEGIN_OPTION, create_ledger_engine, ledger_errors
 from sprout.ledger.schema import sampled_prompts_table
 
 #: Rows deleted per transaction, so that a large prune never holds locks for long.
@@ -75,7 +75,10 @@ def prune_prompts(
             deleted = 0
             # Bounded: each round deletes a full batch until fewer remain than it holds.
             for _ in range(due // PRUNE_BATCH + 2):
-                with eng.begin() as conn:
+                # A write transaction from the start (SQLite: BEGIN IMMEDIATE): a read-then-
+                # write one fails at once when another connection commits in between.
+                write = eng.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+                with write.begin() as conn:
                     ids = list(
                         conn.scalars(
                             select(t.c.id)

@@ -28,6 +28,10 @@ SUMS: tuple[tuple[str, str], ...] = (
         "baseline_actual_g",
         "COALESCE(SUM(CASE WHEN baseline_g IS NOT NULL THEN operational_g + embodied_g END), 0)",
     ),
+    # The prefill/decode split, over the receipts that carry one (split_n of them).
+    ("split_n", "COUNT(prefill_kwh)"),
+    ("prefill_kwh", "COALESCE(SUM(prefill_kwh), 0)"),
+    ("decode_kwh", "COALESCE(SUM(decode_kwh), 0)"),
 )
 SUM_NAMES: tuple[str, ...] = tuple(name for name, _ in SUMS)
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -120,10 +121,15 @@ class ReceiptRow(Base):
     baseline_source: Mapped[str | None] = mapped_column(String(64))
     prompt_id: Mapped[str | None] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32), server_default="serve")
+    prefill_kwh: Mapped[float | None] = mapped_column(Double)
+    decode_kwh: Mapped[float | None] = mapped_column(Double)
     chain_id: Mapped[str] = mapped_column(String(64))
     seq: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: The chain encoding ``hash`` was computed with (:data:`sprout.ledger.chain.ENCODINGS`).
+    #: Rows stored before it existed, or inserted by a writer that predates it, were v1.
+    hash_version: Mapped[int] = mapped_column(SmallInteger, server_default="1")
 
 
 class LedgerChainRow(Base):
@@ -185,6 +191,10 @@ class ReceiptRollupRow(Base):
     baseline_n: Mapped[int] = mapped_column(BigInteger)
     baseline_g: Mapped[float] = mapped_column(Double)
     baseline_actual_g: Mapped[float] = mapped_column(Double)
+    #: Receipts with a prefill/decode split, and its sums (rows from before it: zero).
+    split_n: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    prefill_kwh: Mapped[float] = mapped_column(Double, server_default="0")
+    decode_kwh: Mapped[float] = mapped_column(Double, server_default="0")
 
 
 class VerdictRow(Base):

@@ -56,6 +56,7 @@ from sprout.ledger.chain import (
     FIELD_KINDS,
     FLOAT_FIELDS,
     GENESIS_HASH,
+    HASH_VERSION,
     HASHED_FIELDS,
     NULL_FLOAT,
     OTHER_FIELDS,
@@ -214,6 +215,17 @@ _Prepared = tuple[tuple[datetime, str], tuple[Any, ...], tuple[Any, ...], str]
 _Item = tuple[Any, "_Invalid | None", int]
 
 
+_Getter = Callable[[Sequence[Any]], tuple[Any, ...]]
+_NULL_FLOATS = (NULL_FLOAT,)
+
+
+def _tuple_getter(indexes: Sequence[int]) -> _Getter:
+    """``operator.itemgetter(*indexes)``, but a tuple for any number of indexes."""
+    if len(indexes) >= 2:
+        return operator.itemgetter(*indexes)
+    return lambda seq: tuple(seq[i] for i in indexes)
+
+
 def _make_preparer(dialect: Any) -> Callable[[Receipt], _Prepared]:
     """A function that validates a receipt and converts it for ``dialect`` and for hashing.
 
@@ -241,10 +253,25 @@ def _make_preparer(dialect: Any) -> Callable[[Receipt], _Prepared]:
     created_index, ci_index = index["created_at"], index["ci_time"]
     others_created = OTHER_FIELDS.index("created_at")
     others_ci = OTHER_FIELDS.index("ci_time")
-    str_get = operator.itemgetter(*req_str, *(i for i, _, _ in opt_str))
     min_limit = min(req_limits + tuple(limit for _, _, limit in opt_str))
     int_get = operator.itemgetter(*(i for i, _ in ints))
-    good_signatures: set[tuple[type, ...]] = set()
+    n_floats = len(float_indexes)
+    # Per signature (the types of a receipt's values, so also which ones are None): getters
+    # of its present strings, and of its present floats and its floats with NaN for None
+    # (None when all are present), so that optional fields cost no per-value Python.
+    plans: dict[tuple[type, ...], tuple[_Getter, _Getter | None, _Getter | None]] = {}
+
+    def make_plan(signature: tuple[type, ...]) -> tuple[_Getter, _Getter | None, _Getter | None]:
+        str_indexes = [*req_str, *(i for i, _, _ in opt_str)]
+        strs = _tuple_getter([i for i in str_indexes if signature[i] is not type(None)])
+        nulls = {j for j, i in enumerate(float_indexes) if signature[i] is type(None)}
+        if not nulls:
+            return strs, None, None
+        present = _tuple_getter([j for j in range(n_floats) if j not in nulls])
+        # Index n_floats is the NaN appended to the floats.
+        packed = _tuple_getter([n_floats if j in nulls else j for j in range(n_floats)])
+        return strs, present, packed
+
     # ci_time repeats across the receipts of one carbon reading: convert it once.
     last_ci: list[tuple[Any, Any, str]] = [(None, None, "")]
 
@@ -299,23 +326,26 @@ def _make_preparer(dialect: Any) -> Callable[[Receipt], _Prepared]:
     def prepare(receipt: Receipt) -> _Prepared:
         values = getter(receipt)
         signature = tuple(map(type, values))
-        if signature not in good_signatures:
+        plan = plans.get(signature)
+        if plan is None:
             check_types(values)
-            if len(good_signatures) < 4096:
-                good_signatures.add(signature)
+            plan = make_plan(signature)
+            if len(plans) < 4096:
+                plans[signature] = plan
+        strs_get, present_get, packed_get = plan
         # Cheap checks over whole groups; the slow ones run only to find what failed.
-        strs = [v for v in str_get(values) if v is not None]
+        strs = strs_get(values)
         if max(map(len, strs)) > min_limit or "\x00" in "".join(strs):
             check_strings(values)
         for v in int_get(values):
             if v is not None and not -_INT32 <= v < _INT32:
                 check_numbers(values)
         floats = float_get(values)
-        if None in floats:
-            present: Sequence[float] = [v for v in floats if v is not None]
-            packed = tuple(NULL_FLOAT if v is None else v for v in floats)
-        else:
+        if present_get is None or packed_get is None:
             present = packed = floats
+        else:
+            present = present_get(floats)
+            packed = packed_get(floats + _NULL_FLOATS)
         total = sum(present)
         if total - total != 0.0:  # some value is NaN or infinite (or the sum overflowed)
             check_numbers(values)
@@ -346,6 +376,8 @@ def _make_preparer(dialect: Any) -> Callable[[Receipt], _Prepared]:
     return prepare
 
 
+#: The bound columns of a receipt row; ``hash_version`` (every row of this writer is hashed
+#: with the current encoding) is a literal in the statement.
 _INSERT_COLUMNS = (*HASHED_FIELDS, *_CHAIN_COLUMNS)
 
 
@@ -358,9 +390,10 @@ def _insert_sql(dialect: Any, rows: int = 1) -> str:
         mark = "%s"
     else:  # pragma: no cover - sqlite3 and psycopg are the supported drivers
         raise LedgerError(f"ledger: unsupported driver parameter style {dialect.paramstyle}")
-    row = f"({', '.join(mark for _ in _INSERT_COLUMNS)})"
+    row = f"({', '.join(mark for _ in _INSERT_COLUMNS)}, {int(HASH_VERSION)})"
+    columns = ", ".join((*_INSERT_COLUMNS, "hash_version"))
     return (
-        f"INSERT INTO receipts ({', '.join(_INSERT_COLUMNS)}) VALUES {', '.join([row] * rows)} "
+        f"INSERT INTO receipts ({columns}) VALUES {', '.join([row] * rows)} "
         "ON CONFLICT (created_at, request_id) DO NOTHING"
     )
 
@@ -501,7 +534,7 @@ class Ledger:
         self._batch_size = int(batch_size)
         self._durability = durability
         self._chain_id = new_chain_id()
-        self._hasher = ChainHasher(self._chain_id)
+        self._hasher = ChainHasher(self._chain_id, HASH_VERSION)  # as _insert_sql records
         self._spool_path = (
             Path(spool_path) if spool_path is not None else default_spool_path(db_url)
         )
@@ -1280,7 +1313,9 @@ class Ledger:
         t = carbon_readings_table
         key_cols = (t.c.zone, t.c.time, t.c.provider, t.c.is_forecast)
         times = [k[1] for k in rows]
-        with ledger_errors(self._url, "storing carbon readings"), self._begin() as conn:
+        # A write transaction from the start: a read-then-write one fails at once on SQLite
+        # when another connection (the writer thread, the sampler) commits in between.
+        with ledger_errors(self._url, "storing carbon readings"), self._begin_write() as conn:
             existing = {
                 (z, tm, p, bool(f))
                 for z, tm, p, f in conn.execute(
@@ -1482,6 +1517,70 @@ class Ledger:
         ).values(**row)
         with ledger_errors(self._url, "storing a sampled prompt"), self._begin() as conn:
             return bool(conn.execute(stmt).rowcount)
+
+    def sampled_prompts(
+        self,
+        *,
+        pending: bool = False,
+        since: datetime | None = None,
+        purpose: str = "serve",
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Kept prompts (``sampled_prompts`` rows as dicts), oldest first.
+
+        Args:
+            pending: only those without a verdict yet (the judge's queue).
+            since: only those of requests made at or after this time.
+            purpose: ``serve`` or ``evaluation``.
+            limit: at most this many.
+
+        Raises:
+            LedgerError: the database cannot be read.
+        """
+        s, v = sampled_prompts_table, verdicts_table
+        stmt = select(s).where(s.c.purpose == purpose).order_by(s.c.created_at, s.c.id)
+        if pending:
+            judged = select(v.c.id).where(
+                v.c.receipt_created_at == s.c.created_at, v.c.request_id == s.c.request_id
+            )
+            stmt = stmt.where(~judged.exists())
+        if since is not None:
+            stmt = stmt.where(s.c.created_at >= since)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with ledger_errors(self._url, "reading sampled prompts"), self._begin() as conn:
+            return [dict(row) for row in conn.execute(stmt).mappings()]
+
+    def verdicts(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored verdicts (rows as dicts) on requests made in ``[since, until)``, in order.
+
+        Raises:
+            LedgerError: the database cannot be read.
+        """
+        v = verdicts_table
+        stmt = select(v).order_by(v.c.id)
+        if since is not None:
+            stmt = stmt.where(v.c.receipt_created_at >= since)
+        if until is not None:
+            stmt = stmt.where(v.c.receipt_created_at < until)
+        with ledger_errors(self._url, "reading verdicts"), self._begin() as conn:
+            return [dict(row) for row in conn.execute(stmt).mappings()]
+
+    def find_receipt(self, request_id: str, created_at: datetime) -> Receipt | None:
+        """The stored receipt with this id and time (its unique key), or None.
+
+        Raises:
+            LedgerError: the database cannot be read.
+        """
+        t = receipts_table
+        stmt = select(*(t.c[name] for name in RECEIPT_FIELDS)).where(
+            t.c.created_at == created_at, t.c.request_id == request_id
+        )
+        with ledger_errors(self._url, "reading a receipt"), self._begin() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else Receipt(**row)
 
     def verify(self) -> Any:
         """Check every hash chain of this database: see :func:`sprout.ledger.verify.verify`.

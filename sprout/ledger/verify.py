@@ -1,12 +1,14 @@
 """``sprout ledger verify``: check every hash chain, its recorded head, and the rollups.
 
 Each row's hash is recomputed from its stored content with the reference encoding of
-:mod:`sprout.ledger.chain` (independently of the writer's fast path), each row must link to
-the one before it in its chain, sequence numbers must run 1, 2, ... without gaps, and the last
-row must match the chain's recorded head (count and hash). So an altered row, a deleted row,
-a truncated tail, a row inserted into a chain or a chain with no head are each named, with
-the row's id, request id, chain and seq. The hourly rollups (derived data that reports read)
-are checked against the receipts, and stored policy versions against their SHA-256.
+:mod:`sprout.ledger.chain` (independently of the writer's fast path) that the row names in
+``hash_version``: rows written before a newer encoding keep verifying with theirs, and a field
+their encoding does not cover must be empty. Each row must link to the one before it in its
+chain, sequence numbers must run 1, 2, ... without gaps, and the last row must match the
+chain's recorded head (count and hash). So an altered row, a deleted row, a truncated tail,
+a row inserted into a chain or a chain with no head are each named, with the row's id,
+request id, chain and seq. The hourly rollups (derived data that reports read) are checked
+against the receipts, and stored policy versions against their SHA-256.
 
 What this cannot catch by itself is a wholesale rewrite by someone who recomputes every hash
 and head: keep :attr:`VerifyResult.heads_digest` somewhere else to catch that too.
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, column, select, text
 
-from sprout.ledger.chain import GENESIS_HASH, HASHED_FIELDS, canonical_content, row_hash
+from sprout.ledger.chain import ENCODINGS, GENESIS_HASH, ChainEncoding
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
 from sprout.ledger.rollup import SUM_NAMES, aggregate_sql
 from sprout.ledger.schema import (
@@ -175,10 +178,51 @@ def _heads_digest(heads: dict[str, tuple[int, str]]) -> str:
     return digest.hexdigest()
 
 
+#: Every receipt field some encoding covers, in the order :func:`_stream` selects them.
+_CONTENT_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(name for enc in ENCODINGS.values() for name in enc.fields)
+)
+#: Where :func:`_stream`'s rows hold the content fields.
+_CONTENT_START = 6
+
+
+class _RowReader:
+    """Reads one encoding's content out of a streamed row.
+
+    Also names the stored fields that encoding does not cover: they must be empty, since
+    nothing would catch their alteration (a v1 row has no prefill/decode split).
+    """
+
+    def __init__(self, enc: ChainEncoding) -> None:
+        pos = {name: _CONTENT_START + i for i, name in enumerate(_CONTENT_FIELDS)}
+        self.encoding = enc
+        self._values = operator.itemgetter(*(pos[name] for name in enc.fields))
+        self._uncovered = [(name, pos[name]) for name in _CONTENT_FIELDS if name not in enc.fields]
+
+    def hash(self, row: Any) -> str:
+        """The hash ``row`` should have."""
+        enc = self.encoding
+        content = enc.canonical_content(self._values(row))
+        return enc.row_hash(row.chain_id, row.seq, row.prev_hash, content)
+
+    def uncovered(self, row: Any) -> list[str]:
+        """The fields of ``row`` that hold a value its encoding does not cover."""
+        return [name for name, i in self._uncovered if row[i] is not None]
+
+
+_READERS: dict[int, _RowReader] = {n: _RowReader(enc) for n, enc in ENCODINGS.items()}
+
+
 def _stream(conn: Any) -> Iterator[Any]:
     t = receipts_table
     stmt = select(
-        t.c.id, t.c.chain_id, t.c.seq, t.c.prev_hash, t.c.hash, *(t.c[n] for n in HASHED_FIELDS)
+        t.c.id,
+        t.c.chain_id,
+        t.c.seq,
+        t.c.prev_hash,
+        t.c.hash,
+        t.c.hash_version,
+        *(t.c[n] for n in _CONTENT_FIELDS),
     ).order_by(t.c.chain_id, t.c.seq, t.c.id)
     yield from conn.execution_options(yield_per=_FETCH_ROWS).execute(stmt)
 
@@ -191,7 +235,6 @@ def _check_chains(
     expected, prev_hash = 1, GENESIS_HASH
     last: Any = None
     past_head_reported = False
-    n_values = len(HASHED_FIELDS)
 
     def finish() -> None:
         if current is None:
@@ -267,14 +310,32 @@ def _check_chains(
                 chain_id=row.chain_id,
                 seq=expected,
             )
-        values = tuple(row[5 : 5 + n_values])
-        try:
-            computed = row_hash(row.chain_id, row.seq, row.prev_hash, canonical_content(values))
-        except (TypeError, ValueError) as e:
-            computed = f"unhashable: {e}"
-        if computed != row.hash:
+        # Each row verifies with the encoding it names; the name itself is covered, since
+        # each encoding hashes its own version tag.
+        reader = _READERS.get(row.hash_version)
+        computed, uncovered = "", []
+        if reader is not None:
+            try:
+                computed = reader.hash(row)
+            except (TypeError, ValueError) as e:
+                computed = f"unhashable: {e}"
+            uncovered = reader.uncovered(row)
+        if reader is None:
+            problems.add(
+                "altered",
+                f"{_describe(row)}: its hash_version {row.hash_version!r} names no known encoding",
+                **where,
+            )
+        elif computed != row.hash:
             problems.add(
                 "altered", f"{_describe(row)}: its content does not match its hash", **where
+            )
+        elif uncovered:
+            problems.add(
+                "altered",
+                f"{_describe(row)}: hashed with encoding v{row.hash_version}, which does not "
+                f"cover {', '.join(uncovered)}, yet they hold values (set after it was written)",
+                **where,
             )
         elif not gap and row.prev_hash != prev_hash:
             problems.add(

@@ -140,6 +140,21 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="trailing CI history of causal mode (default: 720)",
     )
     p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the split of judged prompts into training and held-out halves "
+        "(default: 0); used when a method trains on verdicts (contextual)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=float,
+        metavar="FRACTION",
+        help="share of each workload's judged prompts held out for evaluation, for every "
+        "method (default: 0.5 when a method trains on verdicts, e.g. contextual, which "
+        "trains on the rest; else 1, all judged prompts)",
+    )
+    p.add_argument(
         "--judged-per-hour",
         type=int,
         default=1000,
@@ -155,9 +170,33 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def split_for(methods: tuple[str, ...], seed: int, held_out: float | None) -> Any:
+    """The prompt split: ``held_out`` if given, else half held out when a method trains on
+    verdicts (every method is then evaluated on the same held-out prompts), else none.
+
+    Raises:
+        ConfigError: a fraction outside (0, 1], or none left to train a method that must.
+    """
+    from sprout.sim.methods.base import method_class
+    from sprout.sim.workload import PromptSplit
+
+    trains = [m for m in methods if getattr(method_class(m), "trains_on_verdicts", False)]
+    if held_out is None:
+        held_out = 0.5 if trains else 1.0
+    if not 0.0 < held_out <= 1.0:
+        raise ConfigError(f"--held-out: {held_out:g} is outside (0, 1]")
+    if trains and held_out >= 1.0:
+        raise ConfigError(
+            f"--held-out 1 leaves no training prompts for {', '.join(trains)}; give a "
+            "fraction below 1"
+        )
+    return PromptSplit(seed, held_out)
+
+
 def _config(args: argparse.Namespace) -> Any:
     from sprout.sim.engine import SimConfig
 
+    methods = parse_methods(args.methods)
     return SimConfig(
         carbon=args.carbon,
         column=args.column,
@@ -165,12 +204,13 @@ def _config(args: argparse.Namespace) -> Any:
         hours=args.hours,
         xis=parse_xis(args.xi),
         mode=args.mode,
-        methods=parse_methods(args.methods),
+        methods=methods,
         seeds=parse_seeds(args.seeds),
         policy_file=args.policy,
         history_hours=args.history_hours,
         n_judged=args.judged_per_hour,
         n_energy=args.energy_per_hour,
+        split=split_for(methods, args.split_seed, args.held_out),
     )
 
 

@@ -3,6 +3,6 @@
 # ruff: noqa: I001 - import order is registration order, which is the report's row order.
 from __future__ import annotations
 
-from sprout.sim.methods import simple, lp, oracle_request
+from sprout.sim.methods import simple, lp, oracle_request, contextual
 
-__all__ = ["lp", "oracle_request", "simple"]
+__all__ = ["contextual", "lp", "oracle_request", "simple"]

@@ -1,0 +1,166 @@
+"""``sprout retrain``: rebuild the per-request policy and store it as a policy version.
+
+Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
+Trains on the ledger's judge verdicts when it holds any, else on the bundled recorded
+workloads; evaluates on a held-out split (``--split-seed``, ``--held-out``); stores the model
+with its metrics in the ledger, where running controllers pick it up (``policy_refresh_s``).
+``--schedule`` keeps retraining on the ``retrain_cron`` setting (APScheduler, UTC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from sprout.errors import ConfigError
+
+log = logging.getLogger("sprout.policy.retrain")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from sprout.config import load_settings
+
+    return load_settings(config=args.config, db_url=args.db, retrain_cron=args.cron)
+
+
+def _summary(result: Any) -> str:
+    m = result.metrics
+    tr, ho = m["training"], m.get("held_out", {})
+    lines = [
+        f"examples: {m['examples']['total']} ({m['examples']['judged']} judged, "
+        f"{m['examples']['held_out']} held out; sources: {', '.join(m['examples']['sources'])})",
+        f"training: {tr['n_judged']} judged prompts, {tr['n_terms']} terms; out-of-fold "
+        f"accuracy {tr['oof_accuracy']:.3f}, log loss {tr['oof_log_loss']:.4f} (prior "
+        f"{tr['prior_log_loss']:.4f}); safety margin {tr['margin']:.4f} (out-of-fold optimism "
+        f"{tr['margin_gap']:.4f}, standard error {tr['margin_se']:.4f})",
+    ]
+    if ho.get("n_held_out"):
+        lines.append(
+            f"held out: {ho['n_held_out']} prompts; accuracy {ho['accuracy']:.3f}, log loss "
+            f"{ho['log_loss']:.4f} (prior {ho['prior_log_loss']:.4f})"
+        )
+        check = ho.get("check")
+        if check:
+            lines.append(
+                f"held-out check at {check['ci_g_per_kwh']:g} gCO2e/kWh: carbon saving "
+                f"{check['carbon_saving'] * 100:.1f} %, normalized preference "
+                f"{check['normalized_preference'] * 100:.1f} % (expected "
+                f"{check['expected_normalized_preference'] * 100:.1f} %)"
+            )
+    return "\n".join(lines)
+
+
+def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
+    from sprout.accounting import embodied_rate_g_per_s
+    from sprout.factory import build_ledger
+    from sprout.policy.retrain import retrain
+
+    ledger = None if args.no_store else build_ledger(settings)
+    try:
+        return retrain(
+            ledger,
+            split_seed=args.split_seed,
+            held_out_fraction=args.held_out,
+            embodied_g_per_s=embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years),
+            refit_all=args.refit_all,
+        )
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.held_out < 1.0:
+        raise ConfigError(f"--held-out: {args.held_out!r} is outside [0, 1)")
+    settings = _settings(args)
+    if args.schedule:
+        return _schedule(args, settings)
+    result = _retrain_once(args, settings)
+    print(_summary(result))
+    if result.version is not None:
+        print(f"stored contextual policy version {result.version}")
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"--json {args.json}: cannot write ({e.strerror or e})") from e
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace, settings: Any) -> int:
+    from sprout.errors import SproutError
+    from sprout.policy.retrain import schedule_retrain
+    from sprout.scheduler import create_scheduler, run_blocking
+
+    def job() -> None:
+        try:
+            result = _retrain_once(args, settings)
+        except SproutError as e:  # logged; the next run may succeed
+            log.error("scheduled retrain failed: %s", e)
+            return
+        log.warning("scheduled retrain stored contextual policy version %s", result.version)
+
+    scheduler = create_scheduler(blocking=True, max_workers=1)
+    schedule_retrain(scheduler, job, settings.retrain_cron)
+    print(
+        f"retraining on cron {settings.retrain_cron!r} (UTC); Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    run_blocking(scheduler)
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``retrain`` to ``subparsers`` (from ``add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "retrain",
+        help="rebuild the per-request (contextual) policy and store it as a policy version",
+        description=(
+            "Fits the contextual policy's model (prompt text -> each directive's chance of "
+            "being preferred by the judge, and its energy and latency) on the ledger's judge "
+            "verdicts, or on the bundled recorded workloads when the ledger has none; "
+            "evaluates it on held-out prompts and stores it, with its metrics, as a new "
+            "policy version that running controllers pick up without a restart."
+        ),
+    )
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="ledger SQLAlchemy URL (default: $SPROUT_DB_URL, else a SQLite file in the "
+        "working directory)",
+    )
+    p.add_argument("--config", metavar="FILE", help="settings TOML file ($SPROUT_CONFIG)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the held-out split (default 0: the split `sprout simulate` evaluates on)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=float,
+        default=0.5,
+        help="share of each workload's judged prompts held out for evaluation (default 0.5; "
+        "0: train on all, no evaluation)",
+    )
+    p.add_argument(
+        "--refit-all",
+        action="store_true",
+        help="after evaluating, refit on every example and store that model",
+    )
+    p.add_argument("--no-store", action="store_true", help="fit and evaluate; store nothing")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
+    p.add_argument(
+        "--schedule",
+        action="store_true",
+        help="keep running, retraining on the retrain_cron setting (default '0 3 * * *', UTC)",
+    )
+    p.add_argument("--cron", help="crontab line for --schedule (overrides retrain_cron)")
+    p.set_defaults(func=_cmd_retrain)
+    return p

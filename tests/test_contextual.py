@@ -1,0 +1,278 @@
+"""The per-request model and policy: features, fitting, JSON round trip, decisions."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from sprout.data import default_policy_path
+from sprout.directives import DirectiveSet
+from sprout.errors import ConfigError, OptimizerError
+from sprout.policy.base import CarbonContext
+from sprout.policy.contextual import (
+    DENSE_FEATURES,
+    PARAMS_FORMAT,
+    ContextualModel,
+    ContextualPolicy,
+    FeatureConfig,
+    LevelPrediction,
+    TextFeatures,
+    fit_calibration,
+    fit_model,
+    prompt_terms,
+)
+
+LEVELS = ("L0", "L1", "L2")
+FACTS = ["capital of France", "tallest mountain", "author of Hamlet", "boiling point of water"]
+TOPICS = ["the history of Rome", "climate change", "a poem about the sea", "sorting algorithms"]
+
+
+def synthetic(n: int = 240, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Factoid questions the judge prefers brief (L2), open tasks it prefers full (L0);
+    open tasks cost more energy at L0."""
+    rng = np.random.default_rng(seed)
+    texts, pref, energy, time = [], [], [], []
+    for i in range(n):
+        if i % 2:
+            texts.append(f"What is the {FACTS[i % 4]}? (question {i})")
+            pref.append(2 if rng.random() < 0.8 else 0)
+            e0 = 2e-4
+        else:
+            texts.append(f"Write a detailed essay about {TOPICS[i % 4]}, number {i}.")
+            pref.append(0 if rng.random() < 0.8 else 1)
+            e0 = 6e-4
+        e = np.array([e0, e0 / 3, e0 / 5]) * rng.lognormal(0, 0.1, 3)
+        energy.append(e)
+        time.append(e * 15_000)
+    return texts, np.array(pref), np.array(energy), np.array(time)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[ContextualModel, object]:
+    texts, pref, energy, time = synthetic()
+    cfg = FeatureConfig(max_features=500, cv_folds=3)
+    return fit_model(texts, pref, energy, time, LEVELS, config=cfg, embodied_g_per_s=1e-4)
+
+
+def test_terms_are_lowercased_word_ngrams_capped() -> None:
+    assert prompt_terms("Who WROTE Hamlet?", 10, 2) == [
+        "who",
+        "wrote",
+        "hamlet",
+        "who wrote",
+        "wrote hamlet",
+    ]
+    assert len(prompt_terms("a bb cc dd ee", 2, 1)) == 2  # one-letter words are not tokens
+
+
+def test_vector_matches_matrix_rows() -> None:
+    texts = ["What is the capital of France?", "Write an essay.\n(A) x\n(B) y", ""]
+    feats = TextFeatures.fit(texts, FeatureConfig(min_df=1))
+    dense = feats.matrix(texts).toarray()
+    for i, text in enumerate(texts):
+        idx, val = feats.vector(text)
+        row = np.zeros(feats.n_features)
+        row[idx] = val
+        np.testing.assert_allclose(row, dense[i])
+    assert feats.n_features == feats.n_terms + len(DENSE_FEATURES)
+    idx, val = feats.vector("What is the capital of France?")
+    tfidf = val[idx < feats.n_terms]
+    assert np.isclose(np.linalg.norm(tfidf), 1.0)  # the text part is L2-normalised
+
+
+def test_model_learns_which_prompts_want_brevity(fitted: tuple) -> None:
+    model, report = fitted
+    pred = model.predict(
+        [
+            "What is the capital of France? (question 901)",
+            "Write a detailed essay about climate change, number 902.",
+        ]
+    )
+    assert pred.pref[0].argmax() == 2 and pred.pref[1].argmax() == 0
+    np.testing.assert_allclose(pred.pref.sum(axis=1), 1.0)
+    assert pred.energy_kwh[1, 0] > pred.energy_kwh[0, 0]  # essays cost more at L0
+    assert np.all(pred.energy_kwh[:, 0] > pred.energy_kwh[:, 2])
+    assert report.oof_log_loss < report.prior_log_loss
+    assert report.margin >= 0 and report.n_judged == 240
+
+
+def test_predict_one_equals_batch(fitted: tuple) -> None:
+    model, _ = fitted
+    texts = ["What is the boiling point of water?", "Write a poem about the sea"]
+    batch = model.predict(texts)
+    for i, text in enumerate(texts):
+        one = model.predict_one(text)
+        np.testing.assert_allclose(one.pref, batch.pref[i])
+        np.testing.assert_allclose(one.energy_kwh, batch.energy_kwh[i])
+
+
+def test_params_round_trip_through_json(fitted: tuple) -> None:
+    model, _ = fitted
+    raw = json.loads(json.dumps(model.to_params()))  # plain JSON data, no pickle
+    again = ContextualModel.from_params(raw)
+    texts = ["What is the tallest mountain?", "Write a detailed essay about Rome"]
+    a, b = model.predict(texts), again.predict(texts)
+    np.testing.assert_allclose(a.pref, b.pref, rtol=1e-5)
+    np.testing.assert_allclose(a.energy_kwh, b.energy_kwh, rtol=1e-5)
+    assert again.margin == pytest.approx(model.margin)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: p.update(format=PARAMS_FORMAT + 1),
+        lambda p: p.update(pref_weights=p["pref_weights"][:-1]),
+        lambda p: p.update(cost_bias=[1.0]),
+        lambda p: p["features"].update(terms=p["features"]["terms"][:-1]),
+        lambda p: p["features"].update(dense_features=["log_chars"]),
+        lambda p: p["calibration"].update(temperature=-1.0),
+        lambda p: p.pop("levels"),
+    ],
+)
+def test_malformed_params_are_refused(fitted: tuple, mutate: object) -> None:
+    model, _ = fitted
+    raw = json.loads(json.dumps(model.to_params()))
+    mutate(raw)  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="contextual model"):
+        ContextualModel.from_params(raw)
+
+
+def test_fit_refuses_too_few_verdicts() -> None:
+    texts, pref, energy, time = synthetic(20)
+    pref[:] = -1
+    pref[:4] = 0
+    with pytest.raises(ConfigError, match="judged prompts"):
+        fit_model(texts, pref, energy, time, LEVELS, config=FeatureConfig(cv_folds=3))
+
+
+def test_calibration_recovers_a_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 3))
+    p = np.exp(logits / 2.0)  # the truth is twice as soft as the logits say
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    cal = fit_calibration(logits, y)
+    assert cal.temperature == pytest.approx(2.0, rel=0.15)
+    assert cal.offset[0] == 0.0
+
+
+def _policy(model: ContextualModel, **kw: object) -> ContextualPolicy:
+    directives = DirectiveSet.load(default_policy_path())
+    return ContextualPolicy(model, directives, 0.1, 1e-4, **kw)  # type: ignore[arg-type]
+
+
+CTX = CarbonContext(ci_g_per_kwh=300.0, ci_min=100.0, ci_max=400.0, ci_mean=250.0)
+
+
+def test_policy_decides_per_prompt(fitted: tuple) -> None:
+    model, _ = fitted
+    texts, *_ = synthetic(200, seed=1)
+    policy = _policy(model, reference=model.predict(texts), margin=0.0)
+    rng = random.Random(0)
+    brief = policy.decide("What is the author of Hamlet? (question 901)", CTX, rng)
+    full = policy.decide("Write a detailed essay about climate change, number 902.", CTX, rng)
+    assert brief.reason == full.reason == "contextual"
+    assert brief.directive.name in ("L1", "L2")
+    assert full.directive.name == "L0"
+
+
+def test_policy_without_history_serves_the_likeliest_preferred(fitted: tuple) -> None:
+    model, _ = fitted
+    policy = _policy(model)
+    d = policy.decide(
+        "Write a detailed essay about the history of Rome, number 9.", CTX, random.Random(0)
+    )
+    assert d.directive.name == "L0"
+    assert policy.multiplier(CTX) != float("inf")  # one request seen: now it has a scale
+
+
+def test_policy_multiplier_is_refit_per_context_not_per_request(fitted: tuple) -> None:
+    model, _ = fitted
+    texts, *_ = synthetic(100, seed=2)
+    policy = _policy(model, reference=model.predict(texts), refit_every=10_000)
+    lam = policy.multiplier(CTX)
+    policy.decide("What is the capital of France?", CTX, random.Random(0))
+    assert policy.multiplier(CTX) == lam  # cached for the same carbon context
+    dirty = CarbonContext(400.0, 100.0, 400.0, 250.0)
+    assert policy.multiplier(dirty) != lam or policy.pacer.periods == 1
+
+
+def _kind_predictions(n: int, brief: bool, rng: np.random.Generator) -> LevelPrediction:
+    alpha = [1.0, 2.0, 5.0] if brief else [5.0, 2.0, 1.0]
+    pref = rng.dirichlet(alpha, n)
+    e0 = (2e-4 if brief else 6e-4) * rng.lognormal(0, 0.3, n)
+    energy = np.stack([e0, e0 / 3, e0 / 5], axis=1)
+    return LevelPrediction(pref, energy, energy * 15_000)
+
+
+def test_policy_meets_its_floor_on_average(fitted: tuple) -> None:
+    """Hour after hour of a changing mix and intensity, the pacer keeps the mean expected
+    normalized preference at the floor."""
+    model, _ = fitted
+    rng = np.random.default_rng(0)
+    a, b = _kind_predictions(500, False, rng), _kind_predictions(500, True, rng)
+    both = LevelPrediction(
+        *(
+            np.vstack([x, y])
+            for x, y in zip(
+                (a.pref, a.energy_kwh, a.time_s), (b.pref, b.energy_kwh, b.time_s), strict=True
+            )
+        )
+    )
+    policy = _policy(model, reference=both, margin=0.2, window=200)
+    achieved = []
+    for hour in range(120):
+        share = 0.7 if (hour // 10) % 2 else 0.3  # the mix shifts every 10 hours
+        rows = np.where(
+            rng.random(200) < share, rng.integers(500, 1000, 200), rng.integers(0, 500, 200)
+        )
+        ctx = CarbonContext(150.0 + 100 * (hour % 3), 100.0, 400.0, 250.0)
+        p = LevelPrediction(both.pref[rows], both.energy_kwh[rows], both.time_s[rows])
+        level = policy.choose(p, ctx)
+        policy.observe(p, level)
+        achieved.append(p.pref[np.arange(200), level].mean() / p.pref[:, 0].mean())
+    floor = 1.2 - 0.1 * ((np.array([150, 250, 350]) - 100) / 300 - 0.5).mean()
+    assert np.mean(achieved[20:]) == pytest.approx(floor, abs=0.05)
+    # One multiplier in grams for every hour: the same prompts get briefer when dirtier.
+    batch = LevelPrediction(both.pref[:300], both.energy_kwh[:300], both.time_s[:300])
+    rows = np.arange(300)
+    clean = policy.choose(batch, CarbonContext(120.0, 100.0, 400.0, 250.0))
+    dirty = policy.choose(batch, CarbonContext(390.0, 100.0, 400.0, 250.0))
+    assert batch.pref[rows, clean].sum() > batch.pref[rows, dirty].sum()
+    assert (dirty > clean).sum() > (dirty < clean).sum()  # higher level = briefer
+
+
+def test_policy_checks_levels_against_directives(fitted: tuple) -> None:
+    model, _ = fitted
+    other = DirectiveSet.load(default_policy_path())
+    model2 = ContextualModel(
+        ("L1", "L0", "L2"),
+        model.features,
+        model.pref_weights,
+        model.pref_bias,
+        model.calibration,
+        model.cost_weights,
+        model.cost_bias,
+    )
+    with pytest.raises(OptimizerError, match="baseline"):
+        ContextualPolicy(model2, other, 0.1, 0.0)
+    with pytest.raises(ConfigError, match="anchor"):
+        ContextualPolicy(model, other, 0.1, 0.0, anchor="nope")
+
+
+def test_decide_fast_path_matches_choose(fitted: tuple) -> None:
+    model, _ = fitted
+    texts, *_ = synthetic(60, seed=4)
+    ref = model.predict(texts)
+    a = _policy(model, reference=ref, margin=0.1)
+    b = _policy(model, reference=ref, margin=0.1)
+    for text in texts[:30]:
+        one = model.predict_one(text)
+        level = int(b.choose(one, CTX)[0])
+        b.observe(one, level)
+        assert a.decide(text, CTX, random.Random(0)).directive.name == LEVELS[level]
+    np.testing.assert_allclose(a._recent, b._recent)
+    assert a._period_chosen == pytest.approx(b._period_chosen)
