@@ -32,7 +32,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--db URL`` and ``--config FILE``, shared by every command that reads settings."""
     parser.add_argument(
         "--db",
         metavar="URL",
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "through the real controller (replay engine, trace carbon, SQLite ledger) and prints "
         "the hourly directive mix, the carbon against always-L0 and the judge-preferred share.",
     )
-    _add_settings_options(demo)
+    add_settings_options(demo)
     demo.add_argument("--zone", help="bundled zone: GB, US-CAL-CISO, US-TEX-ERCO (default GB)")
     demo.add_argument("--carbon", metavar="CSV", help="an hourly CSV to replay instead of a zone")
     demo.add_argument("--hours", type=int, default=24, help="hours to replay (default 24)")
@@ -143,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="ledger schema migrations")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = db_sub.add_parser("upgrade", help="migrate the ledger schema (creates it if new)")
-    _add_settings_options(up)
+    add_settings_options(up)
     up.add_argument("--revision", default="head", help="target revision (default head)")
     up.set_defaults(func=_cmd_db_upgrade)
     cur = db_sub.add_parser("current", help="print the ledger's schema revision")
-    _add_settings_options(cur)
+    add_settings_options(cur)
     cur.set_defaults(func=_cmd_db_current)
 
     for module in SUBCOMMAND_MODULES:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sprout.cli import add_settings_options
 from sprout.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,16 +23,6 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 REPORT_FORMATS: tuple[str, ...] = ("table", "json")
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        help="ledger SQLAlchemy URL (default: $SPROUT_DB_URL, else a SQLite file in the "
-        "working directory)",
-    )
-    parser.add_argument("--config", metavar="FILE", help="settings TOML file ($SPROUT_CONFIG)")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -382,7 +373,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "estimates. With --timed, only if the timing rule (low carbon, or the staleness "
         "deadline) says so.",
     )
-    _add_common(run)
+    add_settings_options(run)
     run.add_argument("--limit", type=int, help="most requests (default: judge_batch_size)")
     run.add_argument("--timed", action="store_true", help="apply the timing rule first")
     run.set_defaults(func=_cmd_run)
@@ -394,7 +385,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "answer was preferred, how often requests got the preferred directive, the queue, "
         "the evaluation overhead and the latest quality estimate.",
     )
-    _add_common(report)
+    add_settings_options(report)
     report.add_argument("--since", metavar="TIME", help="requests from this ISO 8601 time (UTC)")
     report.add_argument("--until", metavar="TIME", help="up to (excluding) this time")
     report.add_argument("--format", choices=REPORT_FORMATS, default="table", help="(default table)")
@@ -407,7 +398,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "the timing rule says so: a low-carbon hour (forecast-aware when the provider gives "
         "forecasts), and always within judge_max_staleness_h of a request being sampled.",
     )
-    _add_common(schedule)
+    add_settings_options(schedule)
     schedule.set_defaults(func=_cmd_schedule)
     return judge
 

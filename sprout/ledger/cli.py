@@ -12,17 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sprout.cli import add_settings_options
+
 EXIT_OK, EXIT_FAILURE = 0, 1
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        help="ledger SQLAlchemy URL (default: $SPROUT_DB_URL, else a SQLite file in the "
-        "working directory)",
-    )
-    parser.add_argument("--config", metavar="FILE", help="settings TOML file ($SPROUT_CONFIG)")
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +142,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "head, the hourly rollups and the policy versions; name the first altered, deleted "
         "or inserted row of each chain. Exit code 0 only when intact, 1 otherwise.",
     )
-    _add_common(verify)
+    add_settings_options(verify)
     verify.add_argument("--no-rollups", action="store_true", help="skip the rollup check")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
@@ -162,7 +154,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "operational and embodied, savings against the always-L0 counterfactual (and how it "
         "was estimated), judge-preferred share and evaluation overhead.",
     )
-    _add_common(report)
+    add_settings_options(report)
     _add_window(report)
     report.add_argument("--group-by", choices=GROUP_BYS, default="day", help="(default day)")
     report.add_argument("--format", choices=FORMATS, default="table", help="(default table)")
@@ -176,7 +168,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "emissions, and savings against always-L0 (per bucket and cumulative, net of "
         "evaluation overhead) to an image file.",
     )
-    _add_common(plot)
+    add_settings_options(plot)
     _add_window(plot)
     plot.add_argument("--bucket", choices=BUCKETS, default="hour", help="(default hour)")
     plot.add_argument(
@@ -191,7 +183,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "(setting prompt_retention_days, default 30; 0 keeps them). Receipts and their hash "
         "chains are never pruned and still verify. Replicas take turns (a job lock).",
     )
-    _add_common(prune)
+    add_settings_options(prune)
     prune.add_argument("--days", type=float, help="retention in days (default: the setting)")
     prune.add_argument("--now", metavar="TIME", help="prune as of this time (default: now)")
     prune.add_argument("--dry-run", action="store_true", help="only count")
