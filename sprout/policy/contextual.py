@@ -160,6 +160,10 @@ class TextFeatures:
     dense_mean: np.ndarray
     dense_scale: np.ndarray
     config: FeatureConfig
+    # Python copies of the arrays for the per-request path (set in __post_init__).
+    _idf_list: list[float] = field(init=False, repr=False, compare=False)
+    _mean_list: list[float] = field(init=False, repr=False, compare=False)
+    _scale_list: list[float] = field(init=False, repr=False, compare=False)
 
     @property
     def n_terms(self) -> int:

@@ -640,6 +640,7 @@ def schedule_retrain(
     """
     from sprout.scheduler import add_cron_job
 
+    fields: dict[str, Any] = dict(parse_cron(cron))
     return add_cron_job(
-        scheduler, job, job_id=job_id, name="retrain the contextual policy", **parse_cron(cron)
+        scheduler, job, job_id=job_id, name="retrain the contextual policy", **fields
     )
