@@ -29,7 +29,7 @@ from sprout.engines.guards import CONTINUE, BabbleGuard, GuardDecision
 from sprout.errors import EngineError, SproutError
 from sprout.policy.base import Decision, Policy
 from sprout.policy.history import CIWindow
-from sprout.receipt import Receipt
+from sprout.receipt import Receipt, metered_receipt
 
 if TYPE_CHECKING:
     from sprout.carbon.signal import CarbonSignal, SignalReading
@@ -502,9 +502,7 @@ class Controller:
         prompt_id: str | None,
         policy_version: int | None = None,
     ) -> Receipt:
-        reading = signal.reading
-        ci = reading.ci_g_per_kwh
-        carbon = request_carbon(energy.energy_kwh, generation.latency_s, ci, self.embodied_g_per_s)
+        ci = signal.reading.ci_g_per_kwh
         baseline_kwh = generation.baseline_energy_kwh
         baseline_time = generation.baseline_time_s
         baseline_source: str | None = "recorded" if baseline_kwh is not None else None
@@ -519,29 +517,16 @@ class Controller:
             baseline_g = request_carbon(
                 baseline_kwh, baseline_time, ci, self.embodied_g_per_s
             ).total_g
-        return Receipt(
+        return metered_receipt(
             request_id=request_id,
             created_at=self._clock(),
             directive=decision.directive.name,
             decision=decision.reason,
             engine=self.engine.name,
-            model=generation.model,
-            input_tokens=generation.input_tokens,
-            output_tokens=generation.output_tokens,
-            latency_s=generation.latency_s,
-            energy_kwh=energy.energy_kwh,
-            energy_source=energy.source,
-            energy_device=energy.device,
-            ci_g_per_kwh=ci,
-            ci_zone=reading.zone,
-            ci_provider=reading.provider,
-            ci_signal_type=reading.signal_type,
-            ci_emission_factor=reading.emission_factor,
-            ci_time=reading.time,
-            ci_age_s=signal.age_s,
-            ci_fallback=signal.fallback,
-            operational_g=carbon.operational_g,
-            embodied_g=carbon.embodied_g,
+            generation=generation,
+            energy=energy,
+            signal=signal,
+            embodied_g_per_s=self.embodied_g_per_s,
             variant=request.variant,
             policy_version=policy_version,
             tenant=tenant,
@@ -549,8 +534,6 @@ class Controller:
             baseline_energy_kwh=baseline_kwh,
             baseline_g=baseline_g,
             baseline_source=baseline_source,
-            prefill_kwh=energy.prefill_kwh,
-            decode_kwh=energy.decode_kwh,
         )
 
     def close(self) -> None:

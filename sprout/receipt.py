@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sprout.accounting import request_carbon
+
+if TYPE_CHECKING:
+    from sprout.carbon.signal import SignalReading
+    from sprout.energy.base import EnergySample
+    from sprout.engines.base import Generation
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,52 @@ class Receipt:
         for key in ("created_at", "ci_time"):
             data[key] = datetime.fromisoformat(data[key])
         return cls(**data)
+
+
+def metered_receipt(
+    *,
+    request_id: str,
+    created_at: datetime,
+    directive: str,
+    decision: str,
+    engine: str,
+    generation: Generation,
+    energy: EnergySample,
+    signal: SignalReading,
+    embodied_g_per_s: float,
+    **extra: Any,
+) -> Receipt:
+    """The receipt of one metered generation: its tokens, energy and the carbon intensity it
+    ran at, with operational and embodied carbon computed from them. ``extra`` sets the
+    remaining fields (tenant, variant, counterfactual, purpose...)."""
+    reading = signal.reading
+    carbon = request_carbon(
+        energy.energy_kwh, generation.latency_s, reading.ci_g_per_kwh, embodied_g_per_s
+    )
+    return Receipt(
+        request_id=request_id,
+        created_at=created_at,
+        directive=directive,
+        decision=decision,
+        engine=engine,
+        model=generation.model,
+        input_tokens=generation.input_tokens,
+        output_tokens=generation.output_tokens,
+        latency_s=generation.latency_s,
+        energy_kwh=energy.energy_kwh,
+        energy_source=energy.source,
+        energy_device=energy.device,
+        ci_g_per_kwh=reading.ci_g_per_kwh,
+        ci_zone=reading.zone,
+        ci_provider=reading.provider,
+        ci_signal_type=reading.signal_type,
+        ci_emission_factor=reading.emission_factor,
+        ci_time=reading.time,
+        ci_age_s=signal.age_s,
+        ci_fallback=signal.fallback,
+        operational_g=carbon.operational_g,
+        embodied_g=carbon.embodied_g,
+        prefill_kwh=energy.prefill_kwh,
+        decode_kwh=energy.decode_kwh,
+        **extra,
+    )

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sprout.accounting import embodied_rate_g_per_s, request_carbon
+from sprout.accounting import embodied_rate_g_per_s
 from sprout.carbon.base import utcnow
 from sprout.chat import ChatRequest, parse_messages
 from sprout.energy.base import EnergySample, Usage
@@ -62,7 +62,7 @@ from sprout.judge.quality import (
 )
 from sprout.judge.timing import ForecastEvaluatorClock, ForecastTimingRule
 from sprout.policy.history import CIWindow
-from sprout.receipt import Receipt
+from sprout.receipt import Receipt, metered_receipt
 
 if TYPE_CHECKING:
     from apscheduler.job import Job
@@ -760,41 +760,21 @@ class JudgeJob:
         served: Receipt,
         variant: str | None,
     ) -> Receipt:
-        reading = signal.reading
-        carbon = request_carbon(
-            energy.energy_kwh, generation.latency_s, reading.ci_g_per_kwh, self.embodied_g_per_s
-        )
-        receipt = Receipt(
+        return metered_receipt(
             request_id=request_id,
             created_at=self._clock(),
             directive=directive,
             decision=decision,
             engine=engine,
-            model=generation.model,
-            input_tokens=generation.input_tokens,
-            output_tokens=generation.output_tokens,
-            latency_s=generation.latency_s,
-            energy_kwh=energy.energy_kwh,
-            energy_source=energy.source,
-            energy_device=energy.device,
-            ci_g_per_kwh=reading.ci_g_per_kwh,
-            ci_zone=reading.zone,
-            ci_provider=reading.provider,
-            ci_signal_type=reading.signal_type,
-            ci_emission_factor=reading.emission_factor,
-            ci_time=reading.time,
-            ci_age_s=signal.age_s,
-            ci_fallback=signal.fallback,
-            operational_g=carbon.operational_g,
-            embodied_g=carbon.embodied_g,
+            generation=generation,
+            energy=energy,
+            signal=signal,
+            embodied_g_per_s=self.embodied_g_per_s,
             tenant=served.tenant,  # the overhead is attributed to whose request was judged
             variant=variant,
             prompt_id=served.prompt_id,
             purpose="evaluation",
-            prefill_kwh=energy.prefill_kwh,
-            decode_kwh=energy.decode_kwh,
         )
-        return receipt
 
     def _append(self, receipt: Receipt, result: JudgeRun) -> None:
         self.ledger.append(receipt)

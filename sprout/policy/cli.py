@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sprout.cli import add_settings_options
 from sprout.errors import ConfigError
 
 log = logging.getLogger("sprout.policy.retrain")
@@ -129,13 +130,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "policy version that running controllers pick up without a restart."
         ),
     )
-    p.add_argument(
-        "--db",
-        metavar="URL",
-        help="ledger SQLAlchemy URL (default: $SPROUT_DB_URL, else a SQLite file in the "
-        "working directory)",
-    )
-    p.add_argument("--config", metavar="FILE", help="settings TOML file ($SPROUT_CONFIG)")
+    add_settings_options(p)
     p.add_argument(
         "--split-seed",
         type=int,
