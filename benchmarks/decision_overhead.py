@@ -6,8 +6,10 @@ the controller built by ``build_controller`` serves the stored version, as in pr
 The timed call is the controller's decision step (``Controller._decide``: the carbon window,
 the carbon context and the policy's ``decide``, under the controller's lock) on bundled
 prompts of all six workloads, cycling, with the carbon intensity changing every
-``--per-hour`` requests (each change refits the multiplier). The same is timed for Sprout's
-LP policy for comparison.
+``--per-hour`` requests (each change closes the policy's period: the request that sees it
+copies the period's predictions and hands the refit of the multiplier to the policy's worker
+thread, which then competes for the GIL with the timed requests, as in production). The same
+is timed for Sprout's LP policy for comparison.
 
 The machine is small and shared, so requests are timed in rounds and the figure reported is
 the median of the rounds' p99 (the worst round is printed too). Target: p99 < 200 µs.

@@ -302,9 +302,15 @@ class Controller:
             self.window.add(reading.time, reading.ci_g_per_kwh)
 
     def swap_policy(self, policy: Policy, policy_version: int | None) -> None:
-        """Serve later requests with ``policy`` (e.g. a retrained version), no restart."""
+        """Serve later requests with ``policy`` (e.g. a retrained version), no restart.
+
+        A quality guard engaged around the current policy stays engaged around the new one
+        until the quality loop's next estimate (see :func:`sprout.judge.quality.rewrap`).
+        """
+        from sprout.judge.quality import rewrap
+
         with self._lock:
-            self.policy = policy
+            self.policy = rewrap(self.policy, policy)
             self.policy_version = policy_version
 
     def on_close(self, closer: Callable[[], None]) -> None:

@@ -191,7 +191,7 @@ def contextual_policy(
 
     log = logging.getLogger("sprout.policy")
     try:
-        loaded = load_policy(ledger, directives, settings.xi, rate)
+        loaded = load_policy(ledger, directives, settings.xi, rate, background=True)
     except SproutError as e:
         log.error("contextual policy unusable, serving the Sprout LP mix: %s", e)
         return None
@@ -201,6 +201,22 @@ def contextual_policy(
             "`sprout retrain`); serving the Sprout LP mix until one is"
         )
     return loaded
+
+
+def _restore_margin(controller: Controller, settings: Settings) -> None:
+    """Revise the contextual policy's safety margin from the verdicts already stored on its
+    own choices (a restart keeps what the quality loop measured)."""
+    import logging
+
+    from sprout.errors import SproutError
+    from sprout.judge.training import refresh_margin
+
+    try:
+        refresh_margin(controller, controller._clock(), settings.judge_half_life_h)
+    except SproutError as e:  # the training margin serves until the judge's next run
+        logging.getLogger("sprout.policy").warning(
+            "contextual policy: stored verdicts not read, keeping the training margin: %s", e
+        )
 
 
 def watch_policy_versions(
@@ -220,7 +236,7 @@ def watch_policy_versions(
 
     watcher = PolicyWatcher(
         ledger,
-        lambda: load_policy(ledger, directives, settings.xi, rate),
+        lambda: load_policy(ledger, directives, settings.xi, rate, background=True),
         controller.swap_policy,
         current=current,
         interval_s=settings.policy_refresh_s,
@@ -416,6 +432,8 @@ def build_controller(
         rng=rng,
         sampler=_build_sampler(settings, ledger, rng),
     )
+    if contextual is not None and ledger is not None:
+        _restore_margin(controller, settings)
     watch_policy_versions(
         controller, settings, directives, rate, contextual[1] if contextual else None
     )

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,11 @@ from sprout.ledger.store import Ledger
 from sprout.policy.contextual import CONTEXTUAL_KIND, ContextualPolicy, FeatureConfig
 from sprout.policy.retrain import (
     BundledSource,
+    LedgerSource,
     PolicyWatcher,
     TrainingExample,
+    choose_sources,
     held_out_mask,
-    ledger_sources,
     load_policy,
     parse_cron,
     retrain,
@@ -34,6 +36,7 @@ from sprout.policy.retrain import (
 from sprout.sim.workload import PromptSplit, bundled_workload
 
 PER_DATASET = 120
+LEVELS3 = ("L0", "L1", "L2")
 FAST = FeatureConfig(max_features=2000, cv_folds=3)
 
 
@@ -85,8 +88,101 @@ def test_held_out_mask_validates() -> None:
     assert held_out_mask(["a", "a"], np.array([True, False]), 0, 1.0).tolist() == [True, False]
 
 
-def test_ledger_sources_are_the_extension_point(ledger: Ledger) -> None:
-    assert ledger_sources(ledger) == []  # no verdicts table yet: the bundled data train
+def _judged_ledger(sqlite_url: str, clock: object, records: list) -> None:
+    """Serve ``records`` with every request sampled, then run the judge job over them."""
+    from sprout.carbon.trace import load_trace
+    from sprout.judge.job import build_judge_job
+    from sprout.judge.judges import ReplayJudge
+
+    clock.t = load_trace("GB").time_of(3912)  # type: ignore[attr-defined]
+    settings = load_settings(env={}, db_url=sqlite_url, judge_sample_share=1.0)
+    c = build_controller(settings, clock=clock.now, monotonic=clock.monotonic, rng=random.Random(1))  # type: ignore[attr-defined]
+    job = build_judge_job(settings, controller=c, judge=ReplayJudge(), clock=clock.now)  # type: ignore[attr-defined]
+    try:
+        for r in records:
+            c.chat([{"role": "user", "content": r.instruction}], prompt_id=r.id)
+        clock.t += timedelta(hours=2)  # type: ignore[attr-defined]
+        assert job.run().outcomes["preferred"] == len(records)
+    finally:
+        job.close()
+        c.close()
+
+
+def _spread(records: list, per_level: int) -> list:
+    """Records whose verdicts prefer each level at least ``per_level`` times."""
+    picked: list = []
+    for best in (0, 1, 2):
+        picked += [r for r in records if r.judge_best == best][:per_level]
+    return picked
+
+
+def test_retrain_learns_from_the_ledgers_verdicts(sqlite_url, clock, judged_records) -> None:
+    records = _spread(judged_records, 8)
+    _judged_ledger(sqlite_url, clock, records)
+    ledger = Ledger(sqlite_url)
+    try:
+        source = LedgerSource(ledger, ("L0", "L1", "L2"), clock.t)
+        examples = list(source.examples())
+        assert source.judged() == len(examples) == len(records)
+        truth = {r.instruction: r for r in records}
+        for ex in examples:
+            r = truth[ex.prompt]
+            assert ex.preferred_level == ("L0", "L1", "L2")[r.judge_best]
+            assert ex.energy_kwh["L2"] == pytest.approx(r.energy_kwh["L2"])  # recorded
+            assert ex.source == "ledger" and 0.0 < ex.weight < 1.0
+        # A young ledger trains beside the bundled recordings; a large one alone.
+        auto = choose_sources("auto", ledger, ("L0", "L1", "L2"), clock.t)
+        assert [s.name for s in auto] == ["ledger", "bundled"]
+        alone = choose_sources(
+            "auto", ledger, ("L0", "L1", "L2"), clock.t, min_ledger_examples=len(records)
+        )
+        assert [s.name for s in alone] == ["ledger"]
+        result = retrain(ledger, data="ledger", config=FAST, held_out_fraction=0.25, now=clock.t)
+        stored = ledger.latest_policy_version(CONTEXTUAL_KIND)
+        assert stored is not None and stored.id == result.version
+        assert stored.metrics["examples"]["sources"] == ["ledger"]
+        assert stored.metrics["examples"]["judged"] == len(records)
+        assert stored.metrics["held_out"]["n_held_out"] == 6  # a quarter of 24
+    finally:
+        ledger.close()
+
+
+def test_estimated_energy_trains_no_energy_regression(ledger: Ledger) -> None:
+    from sprout.data import WorkloadRecord
+    from sprout.judge.training import VerdictExample
+
+    levels = ("L0", "L1", "L2")
+    record = WorkloadRecord(
+        id="r",
+        dataset="ledger",
+        index=0,
+        instruction="What is the capital of France?",
+        energy_kwh=dict.fromkeys(levels, 1e-4),
+        time_s=dict.fromkeys(levels, 2.0),
+        output_tokens=dict.fromkeys(levels, 10),
+        judge_sampled=True,
+        judge_best=None,
+    )
+    sources = {"L0": "measured-nvml", "L1": "estimated", "L2": "recorded"}
+    ex = LedgerSource(ledger, levels, datetime.now(UTC))._example(
+        VerdictExample(record, 0.5, datetime.now(UTC), "L1", sources)
+    )
+    assert ex.energy_kwh["L0"] == ex.energy_kwh["L2"] == 1e-4
+    assert np.isnan(ex.energy_kwh["L1"])  # an estimate is never trained on as a measurement
+    assert ex.time_s["L1"] == 2.0 and ex.preferred_level is None and ex.weight == 0.5
+
+
+def test_training_data_choices(ledger: Ledger) -> None:
+    now = datetime.now(UTC)
+    assert [s.name for s in choose_sources("auto", ledger, LEVELS3, now)] == ["bundled"]
+    assert [s.name for s in choose_sources("both", None, LEVELS3, now)] == ["bundled"]
+    assert [s.name for s in choose_sources("bundled", ledger, LEVELS3, now)] == ["bundled"]
+    with pytest.raises(ConfigError, match="judge_sample_share"):
+        choose_sources("ledger", ledger, LEVELS3, now)  # nothing judged yet
+    with pytest.raises(ConfigError, match="needs a ledger"):
+        choose_sources("ledger", None, LEVELS3, now)
+    with pytest.raises(ConfigError, match="choose one of"):
+        choose_sources("verdicts", ledger, LEVELS3, now)
 
 
 def test_retrain_stores_a_verified_version(ledger: Ledger) -> None:
@@ -239,3 +335,67 @@ def test_cli_retrain_no_store(
     assert "held out:" in printed and "stored" not in printed
     assert json.loads(out.read_text())["split"]["seed"] == 1
     assert main(["retrain", "--held-out", "1.5"]) == 2
+
+
+def test_a_swap_keeps_the_engaged_quality_guard(tmp_path: Path) -> None:
+    from sprout.judge.quality import QualityGuardPolicy
+
+    settings = _settings(tmp_path, policy_refresh_s=3600.0)
+    controller = build_controller(settings, rng=random.Random(0), poll=False)
+    try:
+        baseline = controller.directives.baseline
+        controller.policy = QualityGuardPolicy(controller.policy, baseline, 0.3)
+        assert controller.ledger is not None
+        result = retrain(controller.ledger, sources=[SmallBundled()], config=FAST)
+        loaded = load_policy(controller.ledger, controller.directives, 0.1, 1e-4)
+        assert loaded is not None
+        controller.swap_policy(*loaded)
+        guard = controller.policy
+        assert isinstance(guard, QualityGuardPolicy) and guard.l0_share == 0.3
+        assert isinstance(guard.inner, ContextualPolicy)
+        assert controller.policy_version == result.version
+    finally:
+        controller.close()
+
+
+def test_the_judges_verdicts_revise_the_served_versions_margin(
+    sqlite_url, clock, judged_records
+) -> None:
+    from sprout.carbon.trace import load_trace
+    from sprout.judge.job import build_judge_job
+    from sprout.judge.judges import ReplayJudge
+
+    led = Ledger(sqlite_url)
+    result = retrain(led, sources=[SmallBundled()], config=FAST)
+    led.close()
+    clock.t = load_trace("GB").time_of(3912)
+    settings = load_settings(env={}, db_url=sqlite_url, judge_sample_share=1.0)
+    c = build_controller(settings, clock=clock.now, monotonic=clock.monotonic, rng=random.Random(2))
+    job = build_judge_job(settings, controller=c, judge=ReplayJudge(), clock=clock.now)
+    records = judged_records[:: max(1, len(judged_records) // 40)][:40]
+    try:
+        policy = c.policy
+        assert isinstance(policy, ContextualPolicy) and c.policy_version == result.version
+        prior = policy.margin
+        assert policy.margin_estimate.verdicts == 0
+        for r in records:
+            assert c.chat([{"role": "user", "content": r.instruction}]).receipt.decision == (
+                "contextual"
+            )
+        clock.t += timedelta(hours=1)
+        job.run()
+        learnt = policy.margin_estimate.verdicts
+        assert 0 < learnt <= len(records)  # ties carry no preference
+        assert policy.margin != prior
+        margin = policy.margin
+    finally:
+        job.close()
+        c.close()
+    # A restarted controller reads the same verdicts back: the margin survives.
+    again = build_controller(settings, clock=clock.now, monotonic=clock.monotonic, poll=False)
+    try:
+        assert isinstance(again.policy, ContextualPolicy)
+        assert again.policy.margin_estimate.verdicts == pytest.approx(learnt)
+        assert again.policy.margin == pytest.approx(margin)
+    finally:
+        again.close()

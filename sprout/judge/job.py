@@ -61,6 +61,7 @@ from sprout.judge.quality import (
     unwrap,
 )
 from sprout.judge.timing import ForecastEvaluatorClock, ForecastTimingRule
+from sprout.judge.training import refresh_margin
 from sprout.policy.history import CIWindow
 from sprout.receipt import Receipt, metered_receipt
 
@@ -333,11 +334,14 @@ class QualityFollower:
         xi: the optimizer's xi (for the LP policy versions).
     """
 
-    def __init__(self, controller: Controller, xi: float) -> None:
+    def __init__(
+        self, controller: Controller, xi: float, half_life_h: float = DEFAULT_HALF_LIFE_H
+    ) -> None:
         if controller.ledger is None:
             raise ValueError("following the quality loop needs the controller's ledger")
         self.controller = controller
         self.xi = xi
+        self.half_life_h = half_life_h
         self._seen: int | None = None
 
     def poll(self) -> bool:
@@ -357,6 +361,7 @@ class QualityFollower:
             log.error("quality loop: stored estimate %d cannot be used: %s", version.id, e)
             return False
         apply_estimate(self.controller, estimate, self.xi)
+        refresh_margin(self.controller, self.controller._clock(), self.half_life_h)
         if estimate.below_floor:
             log.warning("quality loop: %s", estimate.warning())
         return True
@@ -795,6 +800,8 @@ class JudgeJob:
         detail = {
             "outcome": outcome,
             "served_decision": payload.get("decision") or receipt.decision,
+            # Which policy version decided: its own verdicts revise its safety margin.
+            "served_policy_version": receipt.policy_version,
             **detail,
         }
         self.ledger.add_verdict(
@@ -853,6 +860,8 @@ class JudgeJob:
         )
         if self.controller is not None:
             self.apply(estimate)
+            # The contextual policy's margin, from the verdicts on its own choices.
+            refresh_margin(self.controller, now, self.config.half_life_h)
         return estimate
 
     def apply(self, estimate: QualityEstimate) -> None:

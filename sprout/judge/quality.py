@@ -264,6 +264,22 @@ def unwrap(policy: Policy) -> Policy:
     return policy
 
 
+def rewrap(old: Policy, new: Policy) -> Policy:
+    """``new`` inside the quality guards ``old`` is inside (none: ``new`` itself).
+
+    A retrained policy swapped in keeps the guard until the next estimate says otherwise:
+    the verdicts that engaged it are the only evidence there is, and the guard errs on the
+    side of quality.
+    """
+    guards: list[QualityGuardPolicy] = []
+    while isinstance(old, QualityGuardPolicy):
+        guards.append(old)
+        old = old.inner
+    for guard in reversed(guards):
+        new = QualityGuardPolicy(new, guard.baseline, guard.l0_share)
+    return new
+
+
 __all__ = [
     "DEFAULT_HALF_LIFE_H",
     "DEFAULT_MIN_WEIGHT",
@@ -276,5 +292,6 @@ __all__ = [
     "estimate_quality",
     "guard_share",
     "refreshed_stats",
+    "rewrap",
     "unwrap",
 ]

@@ -13,19 +13,22 @@ period takes its example with it; retrain within ``prompt_retention_days`` of ju
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sprout.judge.quality import DEFAULT_HALF_LIFE_H, age_weight
 
 if TYPE_CHECKING:
+    from sprout.controller import Controller
     from sprout.data import WorkloadRecord
     from sprout.ledger.store import Ledger
 
 #: ``WorkloadRecord.dataset`` of examples taken from the ledger.
 LEDGER_DATASET = "ledger"
+#: Decision reason of a request the contextual policy decided.
+CONTEXTUAL_DECISION = "contextual"
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,19 @@ class VerdictExample:
         weight: recency weight in (0, 1].
         time: when the request was served.
         served: the directive it was served.
+        energy_sources: each directive's energy source (``measured-nvml``, ``recorded``,
+            ``estimated``...), as its receipt carries it.
+        decision: why the served directive was chosen (the receipt's decision reason).
+        policy_version: the policy version that chose it (None: unknown).
     """
 
     record: WorkloadRecord
     weight: float
     time: datetime
     served: str
+    energy_sources: Mapping[str, str] = field(default_factory=dict)
+    decision: str = ""
+    policy_version: int | None = None
 
 
 def _prompt_text(prompt: Any) -> str | None:
@@ -78,7 +88,8 @@ def verdict_example(
         energy = {level: float(costs[level]["energy_kwh"]) for level in levels}
         time_s = {level: float(costs[level]["time_s"]) for level in levels}
         tokens = {level: int(costs[level]["output_tokens"]) for level in levels}
-    except (KeyError, TypeError, ValueError):
+        sources = {level: str(costs[level].get("energy_source", "")) for level in levels}
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
     preferred = verdict.get("preferred_directive")
     served_at: datetime = verdict["receipt_created_at"]
@@ -96,7 +107,17 @@ def verdict_example(
         else None,
     )
     weight = age_weight((now - served_at).total_seconds() / 3600.0, half_life_h)
-    return VerdictExample(record, weight, served_at, str(verdict["served_directive"]))
+    detail = verdict.get("detail") or {}
+    version = detail.get("served_policy_version")
+    return VerdictExample(
+        record,
+        weight,
+        served_at,
+        str(verdict["served_directive"]),
+        sources,
+        decision=str(detail.get("served_decision") or ""),
+        policy_version=version if isinstance(version, int) else None,
+    )
 
 
 class LedgerVerdictSource:
@@ -147,4 +168,49 @@ class LedgerVerdictSource:
                 yield example
 
 
-__all__ = ["LEDGER_DATASET", "LedgerVerdictSource", "VerdictExample", "verdict_example"]
+def margin_verdicts(
+    examples: Iterable[VerdictExample], levels: Sequence[str], policy_version: int | None
+) -> list[tuple[str, str, str | None, float]]:
+    """``(prompt, served, preferred, weight)`` of the requests the contextual policy version
+    ``policy_version`` decided itself (not the quality guard, not another version): what
+    :meth:`ContextualPolicy.learn_verdicts` revises that version's safety margin from."""
+    out: list[tuple[str, str, str | None, float]] = []
+    for ex in examples:
+        if ex.decision != CONTEXTUAL_DECISION or ex.policy_version != policy_version:
+            continue
+        best = ex.record.judge_best
+        preferred = levels[best] if best is not None and 0 <= best < len(levels) else None
+        out.append((ex.record.instruction, ex.served, preferred, ex.weight))
+    return out
+
+
+def refresh_margin(controller: Controller, now: datetime, half_life_h: float) -> int | None:
+    """Revise the safety margin of ``controller``'s contextual policy from the ledger's
+    verdicts on its own choices (recency-weighted, replacing what it had learnt).
+
+    Returns:
+        the verdicts used, or None when the controller serves no contextual policy.
+
+    Raises:
+        LedgerError: the ledger cannot be read.
+    """
+    from sprout.judge.quality import unwrap
+    from sprout.policy.contextual import ContextualPolicy
+
+    with controller._lock:  # the policy and its version, as one
+        policy, version = unwrap(controller.policy), controller.policy_version
+    if not isinstance(policy, ContextualPolicy) or controller.ledger is None:
+        return None
+    source = LedgerVerdictSource(controller.ledger, policy.model.levels, half_life_h=half_life_h)
+    verdicts = margin_verdicts(source.examples(now), policy.model.levels, version)
+    return policy.learn_verdicts(verdicts, replace=True)
+
+
+__all__ = [
+    "LEDGER_DATASET",
+    "LedgerVerdictSource",
+    "VerdictExample",
+    "margin_verdicts",
+    "refresh_margin",
+    "verdict_example",
+]

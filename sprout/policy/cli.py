@@ -1,8 +1,10 @@
 """``sprout retrain``: rebuild the per-request policy and store it as a policy version.
 
 Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
-Trains on the ledger's judge verdicts when it holds any, else on the bundled recorded
-workloads; evaluates on a held-out split (``--split-seed``, ``--held-out``); stores the model
+Trains on the ledger's judged requests (``--data``, see
+:func:`sprout.policy.retrain.choose_sources`): beside the bundled recorded workloads while
+the ledger holds few verdicts, alone once it holds enough, the bundled data alone on a fresh
+install; evaluates on a held-out split (``--split-seed``, ``--held-out``); stores the model
 with its metrics in the ledger, where running controllers pick it up (``policy_refresh_s``).
 ``--schedule`` keeps retraining on the ``retrain_cron`` setting (APScheduler, UTC).
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from sprout.cli import add_settings_options
 from sprout.errors import ConfigError
+from sprout.policy.retrain import DATA_CHOICES, MIN_LEDGER_EXAMPLES
 
 log = logging.getLogger("sprout.policy.retrain")
 
@@ -68,6 +71,7 @@ def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
             held_out_fraction=args.held_out,
             embodied_g_per_s=embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years),
             refit_all=args.refit_all,
+            data=args.data,
         )
     finally:
         if ledger is not None:
@@ -124,8 +128,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="rebuild the per-request (contextual) policy and store it as a policy version",
         description=(
             "Fits the contextual policy's model (prompt text -> each directive's chance of "
-            "being preferred by the judge, and its energy and latency) on the ledger's judge "
-            "verdicts, or on the bundled recorded workloads when the ledger has none; "
+            "being preferred by the judge, and its energy and latency) on the ledger's judged "
+            "requests (prompt, verdict, measured energy and latency), with the bundled recorded "
+            "workloads beside them while the ledger holds few verdicts (alone on a fresh "
+            "install); "
             "evaluates it on held-out prompts and stores it, with its metrics, as a new "
             "policy version that running controllers pick up without a restart."
         ),
@@ -143,6 +149,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=0.5,
         help="share of each workload's judged prompts held out for evaluation (default 0.5; "
         "0: train on all, no evaluation)",
+    )
+    p.add_argument(
+        "--data",
+        choices=DATA_CHOICES,
+        default="auto",
+        help="training data: auto (default: the ledger's verdicts, plus the bundled "
+        f"recordings while the ledger has fewer than {MIN_LEDGER_EXAMPLES} judged requests), "
+        "ledger, bundled, or both",
     )
     p.add_argument(
         "--refit-all",

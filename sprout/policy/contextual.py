@@ -26,11 +26,14 @@ drives the same object.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import queue
 import random
 import re
+import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +43,8 @@ from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError, OptimizerError
 from sprout.policy.assign import (
     ANCHORS,
+    DEFAULT_MARGIN_Z,
+    MarginEstimate,
     QualityPacer,
     choose,
     expected_carbon_g,
@@ -56,6 +61,8 @@ if TYPE_CHECKING:
 CONTEXTUAL_KIND = "contextual"
 #: Version of the parameter format written by :meth:`ContextualModel.to_params`.
 PARAMS_FORMAT = 1
+#: Standard error assumed for a stored margin that carries none (in units of ``q0``).
+DEFAULT_MARGIN_SE = 0.02
 
 # scikit-learn's default token pattern, lower-cased: words of two or more characters.
 _TOKEN = re.compile(r"\b\w\w+\b")
@@ -74,8 +81,9 @@ DENSE_FEATURES: tuple[str, ...] = (
 # and for the shape features: bounded, so that a decision costs the same on any prompt.
 _CHARS_PER_TOKEN = 16
 _SHAPE_CHARS = 512
-# Deletes the ASCII digits: their count is the length lost (a C loop, not a Python one).
-_NO_DIGITS = str.maketrans("", "", "0123456789")
+#: The ASCII digits, counted one by one with str.count (C loops; str.translate is slow on
+#: non-ASCII text).
+_DIGITS = "0123456789"
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ def shape_features(text: str) -> list[float]:
     """The raw values of :data:`DENSE_FEATURES` for one prompt (all but the length from its
     first characters)."""
     head = text[:_SHAPE_CHARS]
-    digits = len(head) - len(head.translate(_NO_DIGITS))
+    digits = sum(map(head.count, _DIGITS))
     return [
         math.log1p(len(text)),
         math.log1p(len(head.split())),
@@ -336,6 +344,7 @@ class ContextualModel:
         cost_bias: (2 * levels,) intercepts, smearing factors folded in.
         margin: the safety margin on the floor the training data call for (the preference
             the assignment expects beyond what it realises, out of fold).
+        margin_se: the margin's standard error (how far verdicts may revise it).
         info: what it was trained on (counts, sources), for people.
     """
 
@@ -347,6 +356,7 @@ class ContextualModel:
     cost_weights: np.ndarray
     cost_bias: np.ndarray
     margin: float = 0.0
+    margin_se: float = DEFAULT_MARGIN_SE
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -423,6 +433,7 @@ class ContextualModel:
             "cost_weights": _floats(self.cost_weights),
             "cost_bias": _floats(self.cost_bias),
             "margin": float(self.margin),
+            "margin_se": float(self.margin_se),
             "info": self.info,
         }
 
@@ -451,6 +462,7 @@ class ContextualModel:
                 cost_weights=np.asarray(raw["cost_weights"], dtype=float),
                 cost_bias=np.asarray(raw["cost_bias"], dtype=float),
                 margin=float(raw.get("margin", 0.0)),
+                margin_se=float(raw.get("margin_se", DEFAULT_MARGIN_SE)),
                 info=dict(raw.get("info") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -699,6 +711,7 @@ def fit_model(
         seed=config.seed,
     )
     model.margin = margin
+    model.margin_se = max(se, 1e-4)
     report = FitReport(
         n_judged=int(judged.sum()),
         n_cost=n_cost,
@@ -717,6 +730,44 @@ def fit_model(
 # --- serving ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Refit:
+    """A closed period and the next period's opening, handed to the refit."""
+
+    rows: np.ndarray | None  # the closed period's predictions (pref, energy, time)
+    ci: float  # its intensity
+    q0: float  # the q0^ it was served with
+    floor: float  # its floor (without margin)
+    achieved: float  # its expected normalized preference
+    next_q0: float  # q0^ of the next period
+    carbon: CarbonContext  # the next period's carbon context
+
+
+_WORKER_LOCK = threading.Lock()
+_WORKER: queue.SimpleQueue[Callable[[], None]] | None = None
+
+
+def _refit_worker() -> queue.SimpleQueue[Callable[[], None]]:
+    """The queue of the process's refit thread (one daemon thread, started on first use,
+    shared by every policy: refits are rare, hourly, and must run in order)."""
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+            def run() -> None:
+                while True:
+                    job = jobs.get()
+                    try:
+                        job()
+                    except Exception:  # a failed refit keeps the last multiplier
+                        logging.getLogger("sprout.policy").exception("multiplier refit failed")
+
+            threading.Thread(target=run, name="sprout-policy-refit", daemon=True).start()
+            _WORKER = jobs
+        return _WORKER
+
+
 class ContextualPolicy(Policy):
     """Decides each request's directive from its prompt, under Sprout's quality floor.
 
@@ -732,16 +783,25 @@ class ContextualPolicy(Policy):
     turns a unit of preference into a unit of the hour's normalized preference). ``nu``
     (gCO2e per unit of normalized preference) comes from the
     :class:`~sprout.policy.assign.QualityPacer`: the value at which the hours served so far
-    would, on average, have met the floor ``floor_fraction(xi, carbon, anchor, margin)`` in
-    expected normalized preference, plus the repayment of any running shortfall; before any
-    hour has been served it is ``nu0``, fitted on the reference prompts (or the first
-    requests) to meet the floor at a mean hour. Sprout's LP floor is thus met on average
-    over hours rather than in each one, which lets brevity go where it saves the most
-    carbon per unit of quality: dirty hours (carbon gaps grow with the intensity while
-    ``nu`` stays), and hours whose prompts lose little by it.
+    would, on average, have met the floor ``floor_fraction(xi, carbon, anchor)`` plus the
+    safety margin in expected normalized preference, plus the repayment of any running
+    shortfall; before any hour has been served it is ``nu0``, fitted on the reference
+    prompts (or the first requests) to meet the floor at a mean hour. The floor is thus met
+    on average over hours rather than in each one, which lets brevity go where it saves the
+    most carbon per unit of quality: dirty hours (carbon gaps grow with the intensity while
+    ``nu`` stays), and hours whose prompts lose little by it. With the ``mean`` anchor (the
+    default) the floor is the baseline's own quality: no quality is lost on average, and
+    ``xi`` does not enter.
+
+    The safety margin starts at the model's (estimated on out-of-fold predictions in
+    training) and is revised by the judge's verdicts on the policy's own choices
+    (:meth:`record_verdicts`, :meth:`learn_verdicts`; see
+    :class:`~sprout.policy.assign.MarginEstimate`): the quality loop measures what the
+    predictions promise and what they deliver, and the pacer repays any difference.
 
     The multiplier is refitted when the carbon context changes (hourly) or after
-    ``refit_every`` requests; each request costs one sparse dot product and an argmin.
+    ``refit_every`` requests, on a worker thread with ``background`` (see
+    :meth:`multiplier`); each request costs one sparse dot product and an argmin.
 
     Args:
         model: the fitted model.
@@ -749,13 +809,17 @@ class ContextualPolicy(Policy):
             its baseline.
         xi: largest relative quality concession of the floor.
         embodied_g_per_s: embodied carbon rate of the serving hardware.
-        anchor: ``mean`` (no loss on average: concede in dirty hours, pay back in clean
-            ones) or ``lp`` (Sprout's floor).
-        margin: safety margin on the floor (default: the model's).
+        anchor: ``mean`` (the baseline's quality on average: concede in dirty hours, pay
+            back in clean ones) or ``lp`` (Sprout's floor, relaxed by up to ``xi``).
+        margin: safety margin on the floor before any verdict (default: the model's).
+        learn_margin: revise the margin from verdicts (False: keep ``margin``).
+        margin_z: standard errors of the revised margin added to it (a one-sided cushion).
         reference: predictions of prompts to fit ``nu0`` on before requests arrive.
         window: recent requests kept for ``q0^`` (and ``nu0`` without a reference).
         refit_every: requests after which the multiplier is refitted at the latest.
         pacer: the pacer (default: a new one with its defaults).
+        background: refit the multiplier on a worker thread, off the request path (the
+            live controller); False refits inline (the simulator: deterministic).
     """
 
     kind = CONTEXTUAL_KIND
@@ -769,10 +833,13 @@ class ContextualPolicy(Policy):
         *,
         anchor: str = "mean",
         margin: float | None = None,
+        learn_margin: bool = True,
+        margin_z: float = DEFAULT_MARGIN_Z,
         reference: LevelPrediction | None = None,
         window: int = 1000,
         refit_every: int = 1000,
         pacer: QualityPacer | None = None,
+        background: bool = False,
     ) -> None:
         missing = [name for name in model.levels if name not in directives.names]
         if missing:
@@ -796,8 +863,13 @@ class ContextualPolicy(Policy):
         self.xi = xi
         self.embodied_g_per_s = embodied_g_per_s
         self.anchor = anchor
-        self.margin = model.margin if margin is None else margin
+        self.margin_estimate = MarginEstimate(
+            model.margin if margin is None else margin, model.margin_se, z=margin_z
+        )
+        self.learn_margin = learn_margin
         self.pacer = pacer or QualityPacer()
+        self.background = background
+        self._refit_lock = threading.Lock()
         self._directive = [directives.get(name) for name in model.levels]
         k = len(model.levels)
         self._k = k
@@ -852,29 +924,63 @@ class ContextualPolicy(Policy):
             self._filled = min(size, self._filled + n)
         self._since_fit += n
 
+    @property
+    def margin(self) -> float:
+        """The safety margin now (in units of ``q0``)."""
+        return self.margin_estimate.value if self.learn_margin else self.margin_estimate.prior
+
     def floor_fraction(self, carbon: CarbonContext) -> float:
         """The floor as a multiple of ``q0`` in ``carbon`` (margin included)."""
         return floor_fraction(self.xi, carbon, self.anchor, self.margin)
 
-    def _close_period(self) -> None:
+    def record_verdicts(
+        self,
+        pref: np.ndarray,
+        served: np.ndarray,
+        preferred: np.ndarray,
+        weights: np.ndarray | None = None,
+        **period: np.ndarray,
+    ) -> int:
+        """Learn from the judge's verdicts on requests this policy decided: ``pref`` (n,
+        levels) their predicted preferences, ``served`` (n,) the level each was served,
+        ``preferred`` (n,) the judge's (-1: tie or no verdict); ``period``: ``base_mean``
+        and ``ratio`` as :meth:`MarginEstimate.record`. Returns the verdicts used; the
+        margin they revise applies from the next refit of the multiplier."""
+        return self.margin_estimate.record(pref, served, preferred, weights, **period)
+
+    def learn_verdicts(
+        self, verdicts: Sequence[tuple[str, str, str | None, float]], *, replace: bool = False
+    ) -> int:
+        """:meth:`record_verdicts` from ``(prompt, served, preferred, weight)`` with directive
+        names (the quality loop's verdicts, predicted again from the prompt); those naming a
+        directive outside the model's levels are skipped. ``replace``: forget the verdicts
+        learnt before (the caller passes them all again). Returns the verdicts used."""
+        index = {name: i for i, name in enumerate(self.model.levels)}
+        kept = [v for v in verdicts if v[1] in index]
+        estimate = self.margin_estimate.fresh() if replace else self.margin_estimate
+        used = 0
+        if kept:
+            pred = self.model.predict([v[0] for v in kept])
+            used = estimate.record(
+                pred.pref,
+                np.array([index[v[1]] for v in kept]),
+                np.array([index.get(v[2], -1) if v[2] is not None else -1 for v in kept]),
+                np.array([v[3] for v in kept], dtype=float),
+            )
+        # One assignment: a request deciding now sees the old estimate or the new one.
+        self.margin_estimate = estimate
+        return used
+
+    def _close_period(self, job: _Refit) -> None:
         """Record the period that ends in the pacer: its curve, floor and achievement."""
-        n = min(self._period_count, self._filled)
-        if n > 0 and self._nu0 is not None and self._period_base > 0:
-            k = self._k
-            # The period's requests are the last n of the ring buffer.
-            rows = self._recent[(self._next - n + np.arange(n)) % self._recent.shape[0]]
-            ci = self._period_ci
-            cost = expected_carbon_g(
-                rows[:, k : 2 * k], rows[:, 2 * k :], ci, self.embodied_g_per_s
-            )
-            lams = self.pacer.grid(self._nu0) / self._period_q0
-            self.pacer.record(
-                preference_curve(cost, rows[:, :k], lams),
-                self._period_floor,
-                self._period_chosen / self._period_base,
-            )
-        self._period_count = 0
-        self._period_chosen = self._period_base = 0.0
+        if job.rows is None or self._nu0 is None:
+            return
+        k = self._k
+        cost = expected_carbon_g(
+            job.rows[:, k : 2 * k], job.rows[:, 2 * k :], job.ci, self.embodied_g_per_s
+        )
+        lams = self.pacer.grid(self._nu0) / job.q0
+        self.pacer.record(preference_curve(cost, job.rows[:, :k], lams), job.floor, job.achieved)
 
     def _fit_nu0(self, recent: np.ndarray, carbon: CarbonContext, ci_ref: float) -> float:
         """``nu0``: the multiplier meeting the floor of a mean hour on ``recent`` prompts."""
@@ -898,29 +1004,70 @@ class ContextualPolicy(Policy):
         return max(lam, 0.05 * typical, 1e-12) * q0
 
     def multiplier(self, carbon: CarbonContext) -> float:
-        """The Lagrange multiplier in ``carbon`` (gCO2e per unit of expected preference)."""
+        """The Lagrange multiplier in ``carbon`` (gCO2e per unit of expected preference).
+
+        When the carbon context changes (or after ``refit_every`` requests) the period ends:
+        its requests are copied and the next period opened here, and the pacer records the
+        period and solves for the next multiplier in :meth:`_refit`, inline or (with
+        ``background``) on a worker thread, the requests meanwhile served with the last
+        multiplier (the pacer's multiplier moves slowly: it does not depend on the hour's
+        intensity).
+        """
         key = (carbon.ci_g_per_kwh, carbon.ci_min, carbon.ci_max, carbon.ci_mean)
         if key == self._lam_key and self._since_fit < self._refit_every:
             return self._lam
-        self._close_period()
-        self._lam_key = key
-        self._since_fit = 0
-        self._period_floor = self.floor_fraction(carbon)
         if self._filled == 0:
             # Nothing seen yet: the most likely preferred level, and a fit at the next call.
             self._lam_key = None
             self._lam = math.inf
             return self._lam
-        recent = self._recent[: self._filled]
-        # nu0 is fitted at the history's mean intensity (a mean hour).
-        ci_ref = carbon.ci_mean if carbon.ci_mean > 0 else carbon.ci_g_per_kwh
-        if self._nu0 is None:
-            self._nu0 = self._fit_nu0(recent, carbon, ci_ref)
-        q0 = max(1e-6, float(recent[:, 0].mean()))
+        # Close the period: copy its requests (the last n of the ring buffer).
+        n = min(self._period_count, self._filled)
+        rows = None
+        if n > 0 and self._period_base > 0:
+            rows = self._recent[(self._next - n + np.arange(n)) % self._recent.shape[0]]
+        job = _Refit(
+            rows=rows,
+            ci=self._period_ci,
+            q0=self._period_q0,
+            floor=self._period_floor,
+            achieved=self._period_chosen / self._period_base if self._period_base > 0 else 0.0,
+            next_q0=max(1e-6, float(self._recent[: self._filled, 0].mean())),
+            carbon=carbon,
+        )
+        # Open the next one.
+        self._lam_key = key
+        self._since_fit = 0
+        self._period_count = 0
+        self._period_chosen = self._period_base = 0.0
+        self._period_floor = floor_fraction(self.xi, carbon, self.anchor)
         self._period_ci = carbon.ci_g_per_kwh
-        self._period_q0 = q0
-        self._lam = self.pacer.solve(self._nu0) / q0
+        self._period_q0 = job.next_q0
+        if self.background and self._nu0 is not None:
+            _refit_worker().put(lambda: self._refit(job))
+        else:  # the first fit is inline: there is no multiplier to serve with yet
+            self._refit(job)
         return self._lam
+
+    def _refit(self, job: _Refit) -> None:
+        """Record the closed period in the pacer and solve for the next multiplier."""
+        with self._refit_lock:
+            self._close_period(job)
+            if self._nu0 is None:
+                recent = self._recent[: self._filled]
+                # nu0 is fitted at the history's mean intensity (a mean hour).
+                c = job.carbon
+                ci_ref = c.ci_mean if c.ci_mean > 0 else c.ci_g_per_kwh
+                self._nu0 = self._fit_nu0(recent, c, ci_ref)
+            self._lam = self.pacer.solve(self._nu0, self.margin) / job.next_q0
+
+    def wait_refits(self, timeout_s: float = 10.0) -> bool:
+        """Wait for the background refits queued so far (tests, benchmarks); True if done."""
+        if not self.background:
+            return True
+        done = threading.Event()
+        _refit_worker().put(done.set)
+        return done.wait(timeout_s)
 
     # Decisions ---------------------------------------------------------------------------
 

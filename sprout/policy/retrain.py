@@ -1,12 +1,13 @@
 """Retraining the per-request policy, storing it, and serving the newest stored version.
 
 - **Training data** is a stream of :class:`TrainingExample` from :class:`TrainingSource`
-  objects. :class:`BundledSource` (the recorded workloads: measured energy and latency at
-  every level, GPT-4 verdicts on the judged prompts) is what a fresh install trains on.
-  :func:`ledger_sources` is the extension point for the ledger's own judge verdicts and
-  measured energy: it returns no sources today, because the ledger stores no verdicts yet
-  (receipts carry energy but no prompt text to learn from). The quality-loop issue adds
-  a verdicts table and fills it in; nothing else here changes.
+  objects. :class:`LedgerSource` yields the quality loop's judged live requests: the kept
+  prompt, the judge's preferred directive and each directive's measured (or recorded) energy
+  and latency, recency-weighted (:mod:`sprout.judge.training`). :class:`BundledSource` (the
+  recorded workloads: measured energy and latency at every level, GPT-4 verdicts on the
+  judged prompts) is what a fresh install trains on. :func:`choose_sources` picks between
+  them: by default the ledger's verdicts, with the bundled data beside them until the
+  ledger holds :data:`MIN_LEDGER_EXAMPLES` judged requests of its own.
 - :func:`retrain` splits the examples (the simulator's split: the same seed and fraction
   hold out the same bundled prompts), fits :func:`~sprout.policy.contextual.fit_model` on
   the training part, evaluates on the held-out part and stores the model as a new policy
@@ -26,6 +27,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -128,18 +130,129 @@ class BundledSource:
             )
 
 
-def ledger_sources(ledger: Ledger) -> list[TrainingSource]:
-    """Training sources in the ledger: judge verdicts with the prompts and measured energy.
+#: Energy sources a ledger example's energy is trained on: measurements and recordings.
+#: An estimate is derived from the tokens, so it teaches the cost model nothing new; a
+#: level whose energy was estimated trains only the latency regression.
+TRAINABLE_ENERGY_SOURCES: tuple[str, ...] = ("measured-nvml", "measured-rapl", "recorded")
 
-    The extension point of the quality loop. Today the ledger has no verdicts table, and
-    its receipts carry energy but not the prompt text a model learns from, so there is
-    nothing to train on and this returns ``[]``; :func:`retrain` then uses the bundled
-    data. The quality-loop issue adds the verdicts and returns a source here that yields a
-    :class:`TrainingExample` per judged request (its prompt, the judge's preferred level,
-    the measured energy and latency of the levels it was served at).
+#: Judged live requests (with a verdict) from which the ledger's verdicts alone are trained
+#: on; below this the bundled recordings are added, so that a young deployment starts from
+#: what the recordings teach rather than from a handful of verdicts.
+MIN_LEDGER_EXAMPLES = 1000
+
+#: ``--data`` choices of :func:`choose_sources`.
+DATA_CHOICES: tuple[str, ...] = ("auto", "ledger", "bundled", "both")
+
+
+class LedgerSource:
+    """The ledger's judged live requests as training examples.
+
+    Each verdict whose prompt is still kept (:class:`sprout.judge.training.LedgerVerdictSource`)
+    gives one example: the prompt, the judge's preferred directive (None for a tie or no
+    verdict: such an example trains only the cost regressions), each directive's energy
+    where it was measured or recorded (NaN where estimated, see
+    :data:`TRAINABLE_ENERGY_SOURCES`) and its latency, with the verdict's recency weight.
+
+    Args:
+        ledger: the ledger.
+        levels: the directive names the model chooses among.
+        now: the time the recency weights are taken at.
+        half_life_h, max_age_h: as :class:`~sprout.judge.training.LedgerVerdictSource`.
     """
-    del ledger  # unused until the ledger stores verdicts
-    return []
+
+    name = "ledger"
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        levels: Sequence[str],
+        now: datetime,
+        *,
+        half_life_h: float | None = None,
+        max_age_h: float | None = None,
+    ) -> None:
+        from sprout.judge.training import LedgerVerdictSource
+
+        options: dict[str, float] = {} if half_life_h is None else {"half_life_h": half_life_h}
+        self.levels = tuple(levels)
+        self.now = now
+        self._verdicts = LedgerVerdictSource(ledger, self.levels, max_age_h=max_age_h, **options)
+        self._examples: list[TrainingExample] | None = None
+
+    def examples(self) -> Iterable[TrainingExample]:
+        """The examples, oldest first (read once, then kept).
+
+        Raises:
+            LedgerError: the ledger cannot be read.
+        """
+        if self._examples is None:
+            self._examples = [self._example(ex) for ex in self._verdicts.examples(self.now)]
+        return self._examples
+
+    def judged(self) -> int:
+        """Examples that carry a verdict."""
+        return sum(ex.preferred_level is not None for ex in self.examples())
+
+    def _example(self, ex: Any) -> TrainingExample:
+        r = ex.record
+        energy = {
+            level: r.energy_kwh[level]
+            if ex.energy_sources.get(level) in TRAINABLE_ENERGY_SOURCES
+            else math.nan
+            for level in self.levels
+        }
+        best = r.judge_best
+        return TrainingExample(
+            prompt=r.instruction,
+            preferred_level=self.levels[best] if best is not None else None,
+            energy_kwh=energy,
+            time_s=dict(r.time_s),
+            group=self.name,
+            source=self.name,
+            weight=ex.weight,
+        )
+
+
+def choose_sources(
+    data: str,
+    ledger: Ledger | None,
+    levels: Sequence[str],
+    now: datetime,
+    *,
+    min_ledger_examples: int = MIN_LEDGER_EXAMPLES,
+) -> list[TrainingSource]:
+    """The training sources for ``data``:
+
+    - ``auto``: the ledger's judged requests, plus the bundled recordings while the ledger
+      has fewer than ``min_ledger_examples`` verdicts (a fresh install: the bundled alone);
+    - ``ledger``: the ledger's alone; ``bundled``: the recordings alone; ``both``: both.
+
+    Raises:
+        ConfigError: an unknown choice, ``ledger`` without a ledger or with no judged
+            requests in it.
+        LedgerError: the ledger cannot be read.
+    """
+    if data not in DATA_CHOICES:
+        raise ConfigError(f"training data {data!r}: choose one of {', '.join(DATA_CHOICES)}")
+    if data == "bundled":
+        return [BundledSource()]
+    if ledger is None:
+        if data == "ledger":
+            raise ConfigError("training data 'ledger' needs a ledger (--db), not --no-store")
+        return [BundledSource()]
+    source = LedgerSource(ledger, levels, now)
+    judged = source.judged()
+    if data == "ledger":
+        if judged == 0:
+            raise ConfigError(
+                "training data 'ledger': the ledger has no judged requests with kept prompts "
+                "(enable the quality loop: judge_sample_share > 0, then `sprout judge run`)"
+            )
+        return [source]
+    if judged >= min_ledger_examples and data == "auto":
+        return [source]
+    has_any = bool(list(source.examples()))  # unjudged ones still train the cost model
+    return [source, BundledSource()] if has_any else [BundledSource()]
 
 
 @dataclass(frozen=True)
@@ -402,18 +515,23 @@ def retrain(
     embodied_g_per_s: float | None = None,
     refit_all: bool = False,
     note: str = "",
+    data: str = "auto",
+    now: datetime | None = None,
 ) -> Retrained:
     """Rebuild the model and store it as a new policy version (if ``ledger`` is given).
 
     Args:
-        ledger: where the version goes (None: fit and evaluate only).
-        sources: training sources (default: the ledger's, else the bundled data).
+        ledger: where the version goes and whose verdicts it learns from (None: fit on the
+            bundled data and evaluate only).
+        sources: training sources (default: :func:`choose_sources` of ``data``).
         levels: the levels (default: those with verdicts, ``L0, L1, L2``).
         split_seed, held_out_fraction: the split (``held_out_fraction`` 0: no evaluation).
         config: feature and fitting settings.
         embodied_g_per_s: embodied carbon rate (default: Sprout's server).
         refit_all: refit on every example after evaluating.
         note: stored with the version.
+        data: which data when ``sources`` is not given (see :func:`choose_sources`).
+        now: the time of the ledger examples' recency weights (default: now).
 
     Raises:
         ConfigError: no usable training data.
@@ -423,9 +541,7 @@ def retrain(
 
     levels = tuple(levels or LEVELS)
     if sources is None:
-        sources = ledger_sources(ledger) if ledger is not None else []
-        if not sources:  # a fresh install: nothing judged in the ledger yet
-            sources = [BundledSource()]
+        sources = choose_sources(data, ledger, levels, now or datetime.now(UTC))
     examples = [ex for src in sources for ex in src.examples()]
     data = training_set(
         examples,

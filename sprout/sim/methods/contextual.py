@@ -8,8 +8,16 @@ the hour's prompts with the live policy object (:class:`ContextualPolicy`): the 
 multiplier is fitted on the predictions of the previous hour's prompts, as the controller
 fits it on the requests it has served, never on the hour it is deciding.
 
+Like the live policy, it learns from the quality loop: a share (:data:`FEEDBACK_SHARE`) of
+the requests it serves is judged, and at each run of the offline evaluator (Sprout's timing
+rule, the only hours Sprout's own method may refresh its quality estimate) the verdicts of
+those served since the last run revise its safety margin
+(:meth:`ContextualPolicy.record_verdicts`). Only that scalar learns from held-out verdicts,
+only from hours already served; the model never sees them.
+
 ``contextual_lp`` is the same policy held to Sprout's floor exactly (anchored as the LP,
-no safety margin): the like-for-like comparison with ``sprout`` and ``oracle_request``.
+no safety margin, no feedback): the like-for-like comparison with ``sprout`` and
+``oracle_request``.
 
 Training takes seconds, so a trained model and its predictions are kept per process for
 each (workload, split, levels, embodied rate): every seed and xi of a run reuse them.
@@ -36,6 +44,8 @@ from sprout.sim.workload import PromptSplit, WorkloadArrays
 
 #: Training prompts whose predictions seed the multiplier before the first hour.
 REFERENCE_PROMPTS = 1000
+#: Share of served requests the quality loop judges (every 1/share-th of an hour's).
+FEEDBACK_SHARE = 0.1
 
 
 @functools.lru_cache(maxsize=2)
@@ -136,7 +146,7 @@ class Contextual(Method):
     trains_on_verdicts: ClassVar[bool] = True
     #: The floor's anchor (see :func:`sprout.policy.assign.floor_fraction`).
     anchor: ClassVar[str] = "mean"
-    #: Use the model's safety margin (False: none).
+    #: Use the model's safety margin, revised by the sampled verdicts (False: none).
     use_margin: ClassVar[bool] = True
 
     def start(self, setup: SimSetup) -> None:
@@ -152,9 +162,18 @@ class Contextual(Method):
             setup.embodied_g_per_s,
             anchor=self.anchor,
             margin=None if self.use_margin else 0.0,
+            learn_margin=self.use_margin,
             reference=reference,
             window=int(setup.samples.judged_rows.shape[1]),
         )
+        self._verdict = setup.workload.verdict
+        self._code_to_level = np.full(8, -1, dtype=np.int64)
+        for i, name in enumerate(levels):
+            code = verdict_code(name)
+            if code is not None:
+                self._code_to_level[code] = i
+        self._stride = max(1, round(1.0 / FEEDBACK_SHARE))
+        self._judged: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]] = []
 
     def decide(self, hour: HourInputs) -> Assignment:
         """Decide the hour's prompts against the multiplier fitted on earlier ones."""
@@ -165,7 +184,32 @@ class Contextual(Method):
             raise ConfigError("contextual: asked to decide prompts outside the held-out split")
         level = self.policy.choose(prediction, hour.carbon)
         self.policy.observe(prediction, level)
+        if self.use_margin:
+            # Quality is scored per hour: each verdict is read against its hour's expected
+            # baseline preference and normalized preference.
+            q0 = float(prediction.pref[:, 0].mean())
+            ratio = float(prediction.pref[np.arange(level.size), level].mean()) / max(q0, 1e-9)
+            sample = slice(None, None, self._stride)
+            self._judged.append((prediction.pref[sample], level[sample], rows[sample], q0, ratio))
+            if hour.evaluator_runs:
+                self._feedback()
         return Assignment(level)
+
+    def _feedback(self) -> None:
+        """The evaluator's run: the verdicts of the requests sampled since the last one."""
+        pref = np.concatenate([j[0] for j in self._judged])
+        served = np.concatenate([j[1] for j in self._judged])
+        rows = np.concatenate([j[2] for j in self._judged])
+        q0 = np.concatenate([np.full(j[1].size, j[3]) for j in self._judged])
+        ratio = np.concatenate([np.full(j[1].size, j[4]) for j in self._judged])
+        code = self._verdict[rows].astype(np.int64)
+        preferred = np.where(
+            (code >= 0) & (code < self._code_to_level.size),
+            self._code_to_level[np.clip(code, 0, self._code_to_level.size - 1)],
+            -1,
+        )
+        self.policy.record_verdicts(pref, served, preferred, base_mean=q0, ratio=ratio)
+        self._judged.clear()
 
 
 @register_method
