@@ -96,7 +96,9 @@ def _table(cells: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def _frontier(cells: list[dict[str, Any]], path: Path, methods: tuple[str, ...]) -> Path:
+def _frontier(
+    cells: list[dict[str, Any]], path: Path, methods: tuple[str, ...], mode: str, seeds: str
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,6 +118,18 @@ def _frontier(cells: list[dict[str, Any]], path: Path, methods: tuple[str, ...])
             color, marker = styles[name]
             xs = [r["methods"][name]["pref"] * 100 for r in cell["runs"]]
             ys = [r["methods"][name]["saving"] * 100 for r in cell["runs"]]
+            if max(xs) - min(xs) < 0.05 and max(ys) - min(ys) < 0.05:
+                # The same at every xi (contextual holds the baseline's quality on average).
+                ax.plot(xs[:1], ys[:1], marker=marker, color=color, ls="", ms=7, label=name)
+                ax.annotate(
+                    "any ξ",
+                    (xs[0], ys[0]),
+                    fontsize=7,
+                    xytext=(-28, -10),
+                    textcoords="offset points",
+                    color=color,
+                )
+                continue
             ax.plot(xs, ys, marker=marker, color=color, label=name, lw=1.2, ms=5)
             for r, x, y in zip(cell["runs"], xs, ys, strict=True):
                 if r["xi"] in (0.0, 0.1, 0.3):
@@ -135,8 +149,8 @@ def _frontier(cells: list[dict[str, Any]], path: Path, methods: tuple[str, ...])
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.suptitle(
-        "Carbon saving against judged preference across a xi sweep "
-        "(held-out prompts, mean over seeds)",
+        f"Carbon saving against judged preference across a xi sweep ({mode} mode, held-out "
+        f"prompts, mean over seeds {seeds})",
         fontsize=10,
     )
     fig.tight_layout()
@@ -212,7 +226,8 @@ def main() -> None:
             target_met=met,
         )
     if frontier_cells:
-        print(f"wrote {_frontier(frontier_cells, args.frontier, methods)}")
+        path = _frontier(frontier_cells, args.frontier, methods, args.mode, args.frontier_seeds)
+        print(f"wrote {path}")
     if args.json is not None:
         args.json.write_text(
             json.dumps({"grid": cells, "frontier": frontier_cells}, indent=1) + "\n",

@@ -399,3 +399,25 @@ def test_the_judges_verdicts_revise_the_served_versions_margin(
         assert again.policy.margin == pytest.approx(margin)
     finally:
         again.close()
+
+
+def test_cli_retrain_reads_a_replayed_ledgers_verdicts_as_of_its_time(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url, clock, judged_records, tmp_path: Path, capsys
+) -> None:
+    from sprout.cli import main
+    from sprout.policy import retrain as module
+
+    monkeypatch.setattr(module, "BundledSource", SmallBundled)
+    _judged_ledger(sqlite_url, clock, _spread(judged_records, 4))
+    out = tmp_path / "m.json"
+    base = ["retrain", "--db", sqlite_url, "--no-store", "--json", str(out)]
+    assert main([*base, "--as-of", clock.t.isoformat()]) == 0
+    assert json.loads(out.read_text())["examples"]["sources"] == ["ledger", "bundled-small"]
+    # Weighed at today's date the replayed verdicts are months old: past the horizon.
+    assert main(base) == 0
+    assert json.loads(out.read_text())["examples"]["sources"] == ["bundled-small"]
+    assert "sources: bundled-small" in capsys.readouterr().out
+    assert main([*base, "--as-of", "yesterday"]) == 2
+    assert "--as-of" in capsys.readouterr().err
+    with Ledger(sqlite_url) as led:
+        assert led.latest_policy_version(CONTEXTUAL_KIND) is None  # --no-store stored nothing

@@ -58,20 +58,32 @@ def _summary(result: Any) -> str:
     return "\n".join(lines)
 
 
+def _as_of(value: str | None) -> Any:
+    """``--as-of`` as an aware UTC datetime (None: now, at each run)."""
+    if value is None:
+        return None
+    from sprout.ledger.audit import parse_time
+
+    return parse_time(value, option="--as-of")
+
+
 def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
     from sprout.accounting import embodied_rate_g_per_s
     from sprout.factory import build_ledger
     from sprout.policy.retrain import retrain
 
-    ledger = None if args.no_store else build_ledger(settings)
+    # Read for its verdicts unless neither reading nor storing is asked for.
+    ledger = None if args.no_store and args.data == "bundled" else build_ledger(settings)
     try:
         return retrain(
             ledger,
+            store=not args.no_store,
             split_seed=args.split_seed,
             held_out_fraction=args.held_out,
             embodied_g_per_s=embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years),
             refit_all=args.refit_all,
             data=args.data,
+            now=_as_of(args.as_of),
         )
     finally:
         if ledger is not None:
@@ -159,11 +171,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "ledger, bundled, or both",
     )
     p.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help="the time the ledger's verdicts are weighed at (recency weights, the 8 "
+        "half-life horizon), ISO 8601 UTC; default: now (set it to retrain a replayed ledger, "
+        "e.g. the demo's)",
+    )
+    p.add_argument(
         "--refit-all",
         action="store_true",
         help="after evaluating, refit on every example and store that model",
     )
-    p.add_argument("--no-store", action="store_true", help="fit and evaluate; store nothing")
+    p.add_argument(
+        "--no-store", action="store_true", help="fit and evaluate; store nothing in the ledger"
+    )
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
     p.add_argument(
         "--schedule",

@@ -730,6 +730,10 @@ def fit_model(
 # --- serving ------------------------------------------------------------------------------
 
 
+#: Requests of a closed period whose preference curve a background refit computes.
+LIVE_CURVE_ROWS = 256
+
+
 @dataclass(frozen=True)
 class _Refit:
     """A closed period and the next period's opening, handed to the refit."""
@@ -1025,7 +1029,13 @@ class ContextualPolicy(Policy):
         n = min(self._period_count, self._filled)
         rows = None
         if n > 0 and self._period_base > 0:
-            rows = self._recent[(self._next - n + np.arange(n)) % self._recent.shape[0]]
+            ago = np.arange(n)
+            if self.background and n > LIVE_CURVE_ROWS:
+                # Live, the period's curve is read on an even sample of its requests: the
+                # pacer averages curves over many periods, and a smaller refit holds the GIL
+                # for less time, away from the requests being served.
+                ago = np.linspace(0, n - 1, LIVE_CURVE_ROWS).astype(np.int64)
+            rows = self._recent[(self._next - n + ago) % self._recent.shape[0]]
         job = _Refit(
             rows=rows,
             ci=self._period_ci,

@@ -517,6 +517,7 @@ def retrain(
     note: str = "",
     data: str = "auto",
     now: datetime | None = None,
+    store: bool = True,
 ) -> Retrained:
     """Rebuild the model and store it as a new policy version (if ``ledger`` is given).
 
@@ -532,6 +533,7 @@ def retrain(
         note: stored with the version.
         data: which data when ``sources`` is not given (see :func:`choose_sources`).
         now: the time of the ledger examples' recency weights (default: now).
+        store: store the model in ``ledger`` (False: learn from it, store nothing).
 
     Raises:
         ConfigError: no usable training data.
@@ -554,7 +556,7 @@ def retrain(
         data, config=config, embodied_g_per_s=embodied_g_per_s, refit_all=refit_all
     )
     result.metrics["split"] = {"seed": split_seed, "held_out_fraction": held_out_fraction}
-    if ledger is not None:
+    if ledger is not None and store:
         result.version = ledger.save_policy_version(
             CONTEXTUAL_KIND,
             result.params(),
