@@ -313,6 +313,15 @@ class Controller:
             self.policy = rewrap(self.policy, policy)
             self.policy_version = policy_version
 
+    def serving(self) -> tuple[Policy, int | None]:
+        """The policy deciding requests now and its version id, read together."""
+        with self._lock:
+            return self.policy, self.policy_version
+
+    def now(self) -> datetime:
+        """The controller's clock (a replay clock in the demo and in tests)."""
+        return self._clock()
+
     def on_close(self, closer: Callable[[], None]) -> None:
         """Call ``closer`` first in :meth:`close` (e.g. to stop a background watcher)."""
         self._closers.append(closer)

@@ -212,7 +212,7 @@ def _restore_margin(controller: Controller, settings: Settings) -> None:
     from sprout.judge.training import refresh_margin
 
     try:
-        refresh_margin(controller, controller._clock(), settings.judge_half_life_h)
+        refresh_margin(controller, controller.now(), settings.judge_half_life_h)
     except SproutError as e:  # the training margin serves until the judge's next run
         logging.getLogger("sprout.policy").warning(
             "contextual policy: stored verdicts not read, keeping the training margin: %s", e

@@ -361,7 +361,7 @@ class QualityFollower:
             log.error("quality loop: stored estimate %d cannot be used: %s", version.id, e)
             return False
         apply_estimate(self.controller, estimate, self.xi)
-        refresh_margin(self.controller, self.controller._clock(), self.half_life_h)
+        refresh_margin(self.controller, self.controller.now(), self.half_life_h)
         if estimate.below_floor:
             log.warning("quality loop: %s", estimate.warning())
         return True

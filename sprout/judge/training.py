@@ -197,8 +197,8 @@ def refresh_margin(controller: Controller, now: datetime, half_life_h: float) ->
     from sprout.judge.quality import unwrap
     from sprout.policy.contextual import ContextualPolicy
 
-    with controller._lock:  # the policy and its version, as one
-        policy, version = unwrap(controller.policy), controller.policy_version
+    served, version = controller.serving()
+    policy = unwrap(served)
     if not isinstance(policy, ContextualPolicy) or controller.ledger is None:
         return None
     source = LedgerVerdictSource(controller.ledger, policy.model.levels, half_life_h=half_life_h)
