@@ -211,11 +211,14 @@ class TextFeatures:
         # Plain Python on a few dozen terms: cheaper than numpy's per-call overhead.
         cfg = self.config
         terms = prompt_terms(text, cfg.max_tokens, cfg.ngram_max)
-        counts = Counter([j for j in map(self.vocabulary.get, terms) if j is not None])
+        # Terms outside the vocabulary count under -1, dropped after: no Python-level filter.
+        counts = Counter(map(self.vocabulary.get, terms, itertools.repeat(-1, len(terms))))
+        counts.pop(-1, None)
         idf = self._idf_list
         idx = list(counts)
-        val = [(1.0 + math.log(c)) * idf[j] for j, c in counts.items()]
-        norm = math.sqrt(sum(v * v for v in val))
+        tf = self._sublinear  # 1 + log(count), tabulated
+        val = [tf[c] * idf[j] for j, c in counts.items()]
+        norm = math.hypot(*val)
         if norm > 0:
             val = [v / norm for v in val]
         n_terms = len(idf)
@@ -233,6 +236,11 @@ class TextFeatures:
         object.__setattr__(self, "_idf_list", [float(v) for v in self.idf])
         object.__setattr__(self, "_mean_list", [float(v) for v in self.dense_mean])
         object.__setattr__(self, "_scale_list", [float(v) for v in self.dense_scale])
+        # A prompt has at most max_tokens * ngram_max terms, so no count exceeds that.
+        most = self.config.max_tokens * self.config.ngram_max
+        object.__setattr__(
+            self, "_sublinear", [0.0] + [1.0 + math.log(c) for c in range(1, most + 1)]
+        )
 
     def matrix(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """Feature vectors of many prompts as a sparse matrix (the same values as
