@@ -72,6 +72,8 @@ class Settings:
             ``auto``, warning when no version is stored).
         policy_refresh_s: how often a running controller looks for a newer policy version
             (0: never; the check runs on a background thread, not on requests).
+        policy_margin_z: standard errors of cushion on the contextual policy's safety
+            margin (0: its point estimate; 1: about 84% confidence that no quality is lost).
         retrain_cron: when ``sprout retrain --schedule`` retrains the contextual policy
             (crontab, UTC: minute hour day month day_of_week).
         embodied_g: embodied carbon of the server, gCO2e.
@@ -165,6 +167,7 @@ class Settings:
     ci_window_hours: int = 720
     policy_kind: str = "auto"
     policy_refresh_s: float = 300.0
+    policy_margin_z: float = 0.0
     retrain_cron: str = "0 3 * * *"
     embodied_g: float = SPROUT_EMBODIED_G
     lifetime_years: float = SPROUT_LIFETIME_YEARS
@@ -223,6 +226,7 @@ class Settings:
                 "must be 'auto', 'lp' or 'contextual'",
             ),
             ("policy_refresh_s", self.policy_refresh_s >= 0, "must be >= 0"),
+            ("policy_margin_z", 0.0 <= self.policy_margin_z <= 5.0, "must lie in [0, 5]"),
             (
                 "retrain_cron",
                 len(self.retrain_cron.split()) == 5,

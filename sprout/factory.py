@@ -191,7 +191,14 @@ def contextual_policy(
 
     log = logging.getLogger("sprout.policy")
     try:
-        loaded = load_policy(ledger, directives, settings.xi, rate, background=True)
+        loaded = load_policy(
+            ledger,
+            directives,
+            settings.xi,
+            rate,
+            background=True,
+            margin_z=settings.policy_margin_z,
+        )
     except SproutError as e:
         log.error("contextual policy unusable, serving the Sprout LP mix: %s", e)
         return None
@@ -236,7 +243,14 @@ def watch_policy_versions(
 
     watcher = PolicyWatcher(
         ledger,
-        lambda: load_policy(ledger, directives, settings.xi, rate, background=True),
+        lambda: load_policy(
+            ledger,
+            directives,
+            settings.xi,
+            rate,
+            background=True,
+            margin_z=settings.policy_margin_z,
+        ),
         controller.swap_policy,
         current=current,
         interval_s=settings.policy_refresh_s,

@@ -259,6 +259,13 @@ def test_controller_starts_with_the_stored_version(tmp_path: Path) -> None:
         assert controller.policy_version == result.version
     finally:
         controller.close()
+    cushioned = build_controller(_settings(tmp_path, policy_margin_z=1.0), poll=False)
+    try:
+        policy = cushioned.policy
+        assert isinstance(policy, ContextualPolicy) and policy.margin_estimate.z == 1.0
+        assert policy.margin == pytest.approx(policy.margin_estimate.prior + result.model.margin_se)
+    finally:
+        cushioned.close()
     lp = build_controller(_settings(tmp_path, policy_kind="lp"), poll=False)
     try:
         assert lp.policy.kind == "sprout-lp"
@@ -308,6 +315,8 @@ def test_settings_validate_policy_options() -> None:
         load_settings(env={}, policy_kind="magic")
     with pytest.raises(ConfigError, match="retrain_cron"):
         load_settings(env={}, retrain_cron="daily")
+    with pytest.raises(ConfigError, match="policy_margin_z"):
+        load_settings(env={"SPROUT_POLICY_MARGIN_Z": "-1"})
 
 
 def test_cli_retrain_no_store(
