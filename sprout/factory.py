@@ -187,18 +187,9 @@ def contextual_policy(
 
     if settings.policy_kind == "lp" or ledger is None:
         return None
-    from sprout.policy.retrain import load_policy
-
     log = logging.getLogger("sprout.policy")
     try:
-        loaded = load_policy(
-            ledger,
-            directives,
-            settings.xi,
-            rate,
-            background=True,
-            margin_z=settings.policy_margin_z,
-        )
+        loaded = _load_live_policy(settings, ledger, directives, rate)
     except SproutError as e:
         log.error("contextual policy unusable, serving the Sprout LP mix: %s", e)
         return None
@@ -208,6 +199,23 @@ def contextual_policy(
             "`sprout retrain`); serving the Sprout LP mix until one is"
         )
     return loaded
+
+
+def _load_live_policy(
+    settings: Settings, ledger: Ledger, directives: DirectiveSet, rate: float
+) -> tuple[Policy, int] | None:
+    """The newest stored contextual policy as the live controller serves it: refits off the
+    request path, the configured margin cushion."""
+    from sprout.policy.retrain import load_policy
+
+    return load_policy(
+        ledger,
+        directives,
+        settings.xi,
+        rate,
+        background=True,
+        margin_z=settings.policy_margin_z,
+    )
 
 
 def _restore_margin(controller: Controller, settings: Settings) -> None:
@@ -239,18 +247,11 @@ def watch_policy_versions(
     ledger = controller.ledger
     if ledger is None or settings.policy_kind == "lp" or settings.policy_refresh_s <= 0:
         return
-    from sprout.policy.retrain import PolicyWatcher, load_policy
+    from sprout.policy.retrain import PolicyWatcher
 
     watcher = PolicyWatcher(
         ledger,
-        lambda: load_policy(
-            ledger,
-            directives,
-            settings.xi,
-            rate,
-            background=True,
-            margin_z=settings.policy_margin_z,
-        ),
+        lambda: _load_live_policy(settings, ledger, directives, rate),
         controller.swap_policy,
         current=current,
         interval_s=settings.policy_refresh_s,
