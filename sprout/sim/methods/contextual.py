@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from sprout.data import LEVELS
 from sprout.errors import ConfigError
 from sprout.policy.contextual import ContextualModel, ContextualPolicy, LevelPrediction, fit_model
 from sprout.sim.methods.base import (
@@ -61,6 +62,19 @@ def _texts(ids: tuple[str, ...]) -> tuple[str, ...]:
             f"{missing[0]!r}); the per-request policy needs the bundled prompts"
         )
     return tuple(by_id[i] for i in ids)
+
+
+def _preferred_levels(codes: np.ndarray, levels: tuple[str, ...]) -> np.ndarray:
+    """Verdict codes (which of L0, L1, L2 the judge preferred) as indices into ``levels``;
+    -1 for no verdict, a tie, or a level this run does not serve."""
+    code_to_level = np.full(len(LEVELS) + 1, -1, dtype=np.int64)  # the last: anything else
+    for i, name in enumerate(levels):
+        code = verdict_code(name)
+        if code is not None:
+            code_to_level[code] = i
+    codes = np.asarray(codes, dtype=np.int64)
+    known = (codes >= 0) & (codes < len(LEVELS))
+    return code_to_level[np.where(known, codes, len(LEVELS))]
 
 
 _Trained = tuple[ContextualModel, dict[str, Any], LevelPrediction, LevelPrediction]
@@ -98,14 +112,9 @@ def _train(
     texts = _texts(workload.ids)
     train_rows = np.flatnonzero(~evaluated)  # judged training prompts and unjudged ones
     cols = [workload.key_index(n) for n in levels]
-    verdict = workload.verdict[train_rows].astype(np.int64)
-    # Verdict codes index L0, L1, L2; map them to this run's level order.
-    code_to_level = np.full(4, -1, dtype=np.int64)
-    for i, name in enumerate(levels):
-        code = verdict_code(name)
-        if code is not None:
-            code_to_level[code] = i
-    preferred = np.where(training[train_rows], code_to_level[verdict], -1)
+    preferred = np.where(
+        training[train_rows], _preferred_levels(workload.verdict[train_rows], levels), -1
+    )
     model, report = fit_model(
         [texts[r] for r in train_rows],
         preferred,
@@ -167,11 +176,7 @@ class Contextual(Method):
             window=int(setup.samples.judged_rows.shape[1]),
         )
         self._verdict = setup.workload.verdict
-        self._code_to_level = np.full(8, -1, dtype=np.int64)
-        for i, name in enumerate(levels):
-            code = verdict_code(name)
-            if code is not None:
-                self._code_to_level[code] = i
+        self._levels = levels
         self._stride = max(1, round(1.0 / FEEDBACK_SHARE))
         self._judged: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]] = []
 
@@ -202,12 +207,7 @@ class Contextual(Method):
         rows = np.concatenate([j[2] for j in self._judged])
         q0 = np.concatenate([np.full(j[1].size, j[3]) for j in self._judged])
         ratio = np.concatenate([np.full(j[1].size, j[4]) for j in self._judged])
-        code = self._verdict[rows].astype(np.int64)
-        preferred = np.where(
-            (code >= 0) & (code < self._code_to_level.size),
-            self._code_to_level[np.clip(code, 0, self._code_to_level.size - 1)],
-            -1,
-        )
+        preferred = _preferred_levels(self._verdict[rows], self._levels)
         self.policy.record_verdicts(pref, served, preferred, base_mean=q0, ratio=ratio)
         self._judged.clear()
 
