@@ -860,8 +860,9 @@ class JudgeJob:
         )
         if self.controller is not None:
             self.apply(estimate)
-            # The contextual policy's margin, from the verdicts on its own choices.
-            refresh_margin(self.controller, now, self.config.half_life_h)
+            # The contextual policy's margin, from the verdicts on its own choices (the rows
+            # just read: the same horizon, 8 half-lives).
+            refresh_margin(self.controller, now, self.config.half_life_h, latest.values())
         return estimate
 
     def apply(self, estimate: QualityEstimate) -> None:

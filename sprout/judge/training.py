@@ -70,7 +70,7 @@ def _prompt_text(prompt: Any) -> str | None:
 
 def verdict_example(
     index: int,
-    verdict: dict[str, Any],
+    verdict: Mapping[str, Any],
     prompt: Any,
     levels: Sequence[str],
     now: datetime,
@@ -145,8 +145,15 @@ class LedgerVerdictSource:
         self.half_life_h = half_life_h
         self.max_age_h = 8 * half_life_h if max_age_h is None else max_age_h
 
-    def examples(self, now: datetime) -> Iterator[VerdictExample]:
+    def examples(
+        self, now: datetime, verdicts: Iterable[Mapping[str, Any]] | None = None
+    ) -> Iterator[VerdictExample]:
         """The examples as of ``now`` (the latest verdict of each request), oldest first.
+
+        Args:
+            now: the time ages are measured at.
+            verdicts: the verdict rows of the last ``max_age_h`` hours when the caller has
+                read them already (default: read from the ledger).
 
         Raises:
             LedgerError: the ledger cannot be read.
@@ -155,8 +162,8 @@ class LedgerVerdictSource:
         prompts = {
             row["request_id"]: row["prompt"] for row in self.ledger.sampled_prompts(since=since)
         }
-        latest: dict[str, dict[str, Any]] = {}
-        for verdict in self.ledger.verdicts(since=since):
+        latest: dict[str, Mapping[str, Any]] = {}
+        for verdict in self.ledger.verdicts(since=since) if verdicts is None else verdicts:
             latest[verdict["request_id"]] = verdict
         for index, (request_id, verdict) in enumerate(latest.items()):
             if request_id not in prompts:
@@ -184,9 +191,15 @@ def margin_verdicts(
     return out
 
 
-def refresh_margin(controller: Controller, now: datetime, half_life_h: float) -> int | None:
+def refresh_margin(
+    controller: Controller,
+    now: datetime,
+    half_life_h: float,
+    verdicts: Iterable[Mapping[str, Any]] | None = None,
+) -> int | None:
     """Revise the safety margin of ``controller``'s contextual policy from the ledger's
     verdicts on its own choices (recency-weighted, replacing what it had learnt).
+    ``verdicts``: the rows of the last 8 half-lives, when the caller has read them already.
 
     Returns:
         the verdicts used, or None when the controller serves no contextual policy.
@@ -202,8 +215,8 @@ def refresh_margin(controller: Controller, now: datetime, half_life_h: float) ->
     if not isinstance(policy, ContextualPolicy) or controller.ledger is None:
         return None
     source = LedgerVerdictSource(controller.ledger, policy.model.levels, half_life_h=half_life_h)
-    verdicts = margin_verdicts(source.examples(now), policy.model.levels, version)
-    return policy.learn_verdicts(verdicts, replace=True)
+    mine = margin_verdicts(source.examples(now, verdicts), policy.model.levels, version)
+    return policy.learn_verdicts(mine, replace=True)
 
 
 __all__ = [
