@@ -8,6 +8,18 @@ from dataclasses import dataclass
 
 from sprout.directives import Directive
 
+# The per-request policy's training data (see sprout.policy.retrain.choose_sources). Kept
+# here, in a light module, so that the CLI's parser can offer them without importing the
+# model.
+
+#: Judged live requests (with a verdict) from which the ledger's verdicts alone are trained
+#: on; below this the bundled recordings are added, so that a young deployment starts from
+#: what the recordings teach rather than from a handful of verdicts.
+MIN_LEDGER_EXAMPLES = 1000
+
+#: ``sprout retrain --data`` choices.
+DATA_CHOICES: tuple[str, ...] = ("auto", "ledger", "bundled", "both")
+
 
 @dataclass(frozen=True)
 class CarbonContext:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sprout.cli import add_settings_options
 from sprout.errors import ConfigError
-from sprout.policy.retrain import DATA_CHOICES, MIN_LEDGER_EXAMPLES
+from sprout.policy.base import DATA_CHOICES, MIN_LEDGER_EXAMPLES
 
 log = logging.getLogger("sprout.policy.retrain")
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from sprout.errors import ConfigError, SproutError
 from sprout.policy.assign import choose, expected_carbon_g, multiplier
+from sprout.policy.base import DATA_CHOICES, MIN_LEDGER_EXAMPLES
 from sprout.policy.contextual import (
     CONTEXTUAL_KIND,
     ContextualModel,
@@ -134,14 +135,6 @@ class BundledSource:
 #: An estimate is derived from the tokens, so it teaches the cost model nothing new; a
 #: level whose energy was estimated trains only the latency regression.
 TRAINABLE_ENERGY_SOURCES: tuple[str, ...] = ("measured-nvml", "measured-rapl", "recorded")
-
-#: Judged live requests (with a verdict) from which the ledger's verdicts alone are trained
-#: on; below this the bundled recordings are added, so that a young deployment starts from
-#: what the recordings teach rather than from a handful of verdicts.
-MIN_LEDGER_EXAMPLES = 1000
-
-#: ``--data`` choices of :func:`choose_sources`.
-DATA_CHOICES: tuple[str, ...] = ("auto", "ledger", "bundled", "both")
 
 
 class LedgerSource:
