@@ -13,6 +13,7 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,8 +25,15 @@ from sprout.carbon.base import utcnow
 from sprout.chat import ChatRequest, Message, parse_messages
 from sprout.directives import DirectiveSet
 from sprout.energy.base import EnergyMeter, EnergySample, Usage
+from sprout.energy.estimate import approx_tokens
 from sprout.engines.base import Engine, Generation
-from sprout.engines.guards import CONTINUE, BabbleGuard, GuardDecision
+from sprout.engines.guards import (
+    BABBLE_CODE_BLOCK,
+    BABBLE_REPETITION,
+    CONTINUE,
+    BabbleGuard,
+    GuardDecision,
+)
 from sprout.errors import EngineError, SproutError
 from sprout.policy.base import Decision, Policy
 from sprout.policy.history import CIWindow
@@ -81,6 +89,8 @@ class PendingChat:
         base: the request before the directive shaped it (what the quality loop keeps of a
             sampled request).
         policy_version: the stored policy version that chose the directive.
+        started_s: ``time.perf_counter()`` when the directive was chosen (the duration of
+            an interrupted generation is measured from it).
     """
 
     request_id: str
@@ -91,14 +101,36 @@ class PendingChat:
     prompt_id: str | None = None
     base: ChatRequest | None = None
     policy_version: int | None = None
+    started_s: float = 0.0
+
+
+#: Guard rules whose cut ends a generation as ``guard_cut`` (a stop string the app asked for
+#: ends it as ``completed``).
+_GUARD_CUTS = frozenset({BABBLE_CODE_BLOCK, BABBLE_REPETITION})
+#: Chat-template tokens per message, for the input tokens of an interrupted generation.
+_TEMPLATE_TOKENS_PER_MESSAGE = 4
+
+
+def outcome_of(generation: Generation) -> str:
+    """``guard_cut`` when the babbling guard ended ``generation``, else ``completed``."""
+    return "guard_cut" if generation.finish_reason in _GUARD_CUTS else "completed"
+
+
+class StreamClosed(Exception):
+    """Raised by a :class:`StreamSink`'s ``text`` when its consumer went away.
+
+    The generation stops at its next token and its receipt says ``client_closed``.
+    """
 
 
 class StreamSink(Protocol):
     """Receives a streamed answer from :meth:`Controller.chat` (``stream=``).
 
-    Both methods are called on the thread that runs the engine. ``text`` may raise to stop
-    the generation (a client that went away): the engine closes its stream, which servers
-    such as vLLM take as an abort, and the exception propagates out of ``chat``.
+    Both methods are called on the thread that runs the engine. ``text`` may raise
+    :class:`StreamClosed` to stop the generation (a client that went away): the engine
+    closes its stream, which servers such as vLLM take as an abort, the receipt of what was
+    generated so far is written (outcome ``client_closed``) and the exception propagates
+    out of ``chat``.
     """
 
     def start(self, request_id: str, request: ChatRequest, decision: Decision) -> None:
@@ -123,8 +155,21 @@ class _StreamTap(BabbleGuard):
     inner: BabbleGuard | None = None
     stop_strings: tuple[str, ...] = ()
     _sent: list[str] = field(default_factory=list)  # the text forwarded so far, one item
+    _seen: list[float] = field(default_factory=list)  # perf_counter() of the first text
+
+    @property
+    def sent(self) -> str:
+        """The text forwarded to the sink so far."""
+        return self._sent[0] if self._sent else ""
+
+    @property
+    def first_text_at(self) -> float | None:
+        """``time.perf_counter()`` when the engine first produced text, if it has."""
+        return self._seen[0] if self._seen else None
 
     def check(self, text: str) -> GuardDecision:
+        if text and not self._seen:
+            self._seen.append(time.perf_counter())
         decision = self.inner.check(text) if self.inner is not None else CONTINUE
         end = len(text)
         hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
@@ -165,18 +210,15 @@ def _tap_request(
     return replace(request, extra={**request.extra, "stream": True, "babble_guard": tap}), tap
 
 
-class _StreamClosed(Exception):
-    """The consumer of a :class:`ChatStream` stopped reading."""
-
-
 class ChatStream(Iterator[str]):
     """The answer to one request, as text deltas while it is generated.
 
     Iterate it to the end, then read :attr:`result` (the :class:`ChatResult` with the
     receipt). :attr:`request_id` and :attr:`directive` are set once the first delta
     arrives. Closing it early (``close()`` or leaving a ``with`` block) stops the
-    generation; no receipt is written for an answer that was not finished. Errors of
-    the generation (``EngineError``...) are raised from the iteration.
+    generation at its next token; the receipt of what was generated is still written, with
+    outcome ``client_closed``. Errors of the generation (``EngineError``...) are raised from
+    the iteration.
     """
 
     def __init__(self) -> None:
@@ -193,7 +235,7 @@ class ChatStream(Iterator[str]):
 
     def text(self, delta: str) -> None:
         if self._closed.is_set():
-            raise _StreamClosed()
+            raise StreamClosed("the stream's consumer closed it")
         self._queue.put(("text", delta))
 
     def _produce(self, run: Callable[[], ChatResult]) -> None:
@@ -278,6 +320,7 @@ class Controller:
         # the one whose version the receipt records, even across a swap_policy().
         self._lock = threading.RLock()
         self._closers: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[Receipt], None]] = []
         self._seed_history()
 
     @property
@@ -321,6 +364,18 @@ class Controller:
     def now(self) -> datetime:
         """The controller's clock (a replay clock in the demo and in tests)."""
         return self._clock()
+
+    def add_listener(self, listener: Callable[[Receipt], None]) -> None:
+        """Call ``listener(receipt)`` for every receipt written, whatever its outcome
+        (metrics, telemetry); on the generating thread, after the ledger has it. A listener
+        that raises is logged and skipped: it never fails a request."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: Callable[[Receipt], None]) -> None:
+        """Stop calling ``listener`` (see :meth:`add_listener`)."""
+        with self._lock:
+            self._listeners = [fn for fn in self._listeners if fn != listener]
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Call ``closer`` first in :meth:`close` (e.g. to stop a background watcher)."""
@@ -368,9 +423,15 @@ class Controller:
             stream: receives the answer as it is generated (see :meth:`chat_stream`);
                 engines that cannot stream deliver it whole when they finish.
 
+        A generation that stops early still gets its receipt, with the energy and tokens up
+        to where it stopped: ``client_closed`` when ``stream`` raised :class:`StreamClosed`,
+        ``upstream_failed`` when the engine failed after the model had started (an
+        ``EngineError`` with ``reached_model``, or any failure once text was streamed).
+
         Raises:
             RequestError: the messages are malformed (nothing is generated).
-            EngineError: the engine failed (no receipt is written: nothing was served).
+            EngineError: the engine failed (a receipt is written only if the model had
+                started: see above).
         """
         pending = self.begin(
             messages,
@@ -388,8 +449,8 @@ class Controller:
             stream.start(pending.request_id, request, pending.decision)
         try:
             generation = self.engine.generate(request)
-        except BaseException:
-            self.abort(pending)  # the engine error wins
+        except BaseException as e:
+            self._failed(pending, tap, e)  # the receipt of what was spent; the error wins
             raise
         result = self.finish(pending, generation)
         if tap is not None:  # the rest of the answer (all of it from engines that don't stream)
@@ -429,7 +490,17 @@ class Controller:
             version = self.policy_version
         request = decision.directive.apply(base)
         self.meter.begin(request_id)
-        return PendingChat(request_id, request, decision, signal, tenant, prompt_id, base, version)
+        return PendingChat(
+            request_id,
+            request,
+            decision,
+            signal,
+            tenant,
+            prompt_id,
+            base,
+            version,
+            time.perf_counter(),
+        )
 
     def finish(self, pending: PendingChat, generation: Generation) -> ChatResult:
         """Close the meter's window, write the receipt and return the result (see
@@ -457,12 +528,9 @@ class Controller:
             pending.tenant,
             pending.prompt_id,
             pending.policy_version,
+            outcome_of(generation),
         )
-        if self.ledger is not None:
-            try:
-                self.ledger.append(receipt)
-            except Exception as e:  # the ledger must never fail a request
-                log.error("receipt %s could not be queued: %s", pending.request_id, e)
+        self._record(receipt)
         if self.sampler is not None and pending.base is not None:
             try:  # a random draw; a sampled prompt is stored by a background thread
                 self.sampler.offer(receipt, pending.base, generation.text)
@@ -471,9 +539,110 @@ class Controller:
         return ChatResult(generation.text, receipt, generation, energy)
 
     def abort(self, pending: PendingChat) -> None:
-        """Close the meter's window of a request that was not served (no receipt)."""
+        """Close the meter's window of a request that never reached a model (no receipt:
+        nothing was spent). For one that stopped early, call :meth:`interrupt`."""
         with contextlib.suppress(Exception):
             self.meter.end(pending.request_id, Usage(0, 0, 0.0, pending.request.variant))
+
+    def interrupt(
+        self,
+        pending: PendingChat,
+        outcome: str,
+        *,
+        text: str = "",
+        first_token_s: float | None = None,
+        output_tokens: int | None = None,
+    ) -> Receipt:
+        """Write the receipt of a generation that stopped early, and return it.
+
+        Its energy is the meter's for the time since :meth:`begin` (measured where the
+        meter sees the model, else estimated and labelled so); its tokens are the prompt's
+        and those of ``text``, the answer produced before it stopped (estimated by length
+        unless ``output_tokens`` is given). The quality loop does not sample it.
+
+        Args:
+            pending: from :meth:`begin`.
+            outcome: ``client_closed``, ``upstream_failed`` or ``guard_cut``.
+            text: what the model generated before it stopped.
+            first_token_s: seconds from the start to the first text, if any came.
+            output_tokens: the engine's count of generated tokens, when it has one.
+        """
+        request = pending.request
+        latency_s = max(0.0, time.perf_counter() - pending.started_s)
+        generation = Generation(
+            text=text,
+            input_tokens=sum(
+                approx_tokens(m.content) + _TEMPLATE_TOKENS_PER_MESSAGE for m in request.messages
+            ),
+            output_tokens=approx_tokens(text) if output_tokens is None else output_tokens,
+            latency_s=latency_s,
+            model=self._model_name(request),
+            first_token_s=first_token_s,
+            finish_reason=outcome,
+        )
+        sample = self.meter.end(
+            pending.request_id,
+            Usage(
+                generation.input_tokens,
+                generation.output_tokens,
+                latency_s,
+                request.variant,
+                first_token_s,
+            ),
+        )
+        receipt = self._receipt(
+            pending.request_id,
+            request,
+            pending.decision,
+            generation,
+            _split_prefill(sample, generation),
+            pending.signal,
+            pending.tenant,
+            pending.prompt_id,
+            pending.policy_version,
+            outcome,
+        )
+        self._record(receipt)
+        return receipt
+
+    def _failed(self, pending: PendingChat, tap: _StreamTap | None, error: BaseException) -> None:
+        """After the engine raised: the receipt of what was spent, or none if nothing was."""
+        sent = tap.sent if tap is not None else ""
+        closed = isinstance(error, StreamClosed)
+        if not (closed or sent or getattr(error, "reached_model", False)):
+            self.abort(pending)
+            return
+        first_at = tap.first_text_at if tap is not None else None
+        try:
+            self.interrupt(
+                pending,
+                "client_closed" if closed else "upstream_failed",
+                text=sent,
+                first_token_s=None if first_at is None else max(0.0, first_at - pending.started_s),
+            )
+        except Exception as e:  # the original error is what the caller must see
+            log.error("receipt of interrupted request %s failed: %s", pending.request_id, e)
+
+    def _model_name(self, request: ChatRequest) -> str:
+        """The model an engine serves ``request`` with, as far as it says."""
+        model_for = getattr(self.engine, "model_for", None)
+        if callable(model_for):
+            with contextlib.suppress(Exception):
+                return str(model_for(request.variant))
+        return str(getattr(self.engine, "model", "") or request.variant or self.engine.name)
+
+    def _record(self, receipt: Receipt) -> None:
+        """Queue ``receipt`` in the ledger and hand it to the listeners."""
+        if self.ledger is not None:
+            try:
+                self.ledger.append(receipt)
+            except Exception as e:  # the ledger must never fail a request
+                log.error("receipt %s could not be queued: %s", receipt.request_id, e)
+        for listener in self._listeners:
+            try:
+                listener(receipt)
+            except Exception as e:  # a metrics sink must never fail a request
+                log.error("receipt listener %r failed: %s", listener, e)
 
     def chat_stream(
         self,
@@ -516,6 +685,7 @@ class Controller:
         tenant: str | None,
         prompt_id: str | None,
         policy_version: int | None = None,
+        outcome: str = "completed",
     ) -> Receipt:
         ci = signal.reading.ci_g_per_kwh
         baseline_kwh = generation.baseline_energy_kwh
@@ -549,6 +719,7 @@ class Controller:
             baseline_energy_kwh=baseline_kwh,
             baseline_g=baseline_g,
             baseline_source=baseline_source,
+            outcome=outcome,
         )
 
     def close(self) -> None:

@@ -84,7 +84,19 @@ class RequestError(SproutError):
 
 
 class EngineError(SproutError):
-    """A generation engine failed."""
+    """A generation engine failed.
+
+    Attributes:
+        reached_model: the model may have worked on the request before it failed (it
+            accepted it: a timeout while generating, a stream cut mid-answer, an answer that
+            was junk), so the failure spent energy and the controller writes its receipt
+            (outcome ``upstream_failed``). False when the request never reached a model
+            (connection refused, an HTTP error status, an unknown model).
+    """
+
+    def __init__(self, *args: object, reached_model: bool = False) -> None:
+        super().__init__(*args)
+        self.reached_model = reached_model
 
 
 class UnknownPromptError(EngineError):

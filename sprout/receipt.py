@@ -8,6 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from sprout.accounting import request_carbon
 
+#: How a generation ended. ``completed``: the model finished (stop, length, a stop string);
+#: ``client_closed``: the client went away mid-answer and the generation was stopped;
+#: ``upstream_failed``: the model server failed after it had started working; ``guard_cut``:
+#: the babbling guard cut the answer. Every one of them spent energy and gets a receipt.
+OUTCOMES: tuple[str, ...] = ("completed", "client_closed", "upstream_failed", "guard_cut")
+
 if TYPE_CHECKING:
     from sprout.carbon.signal import SignalReading
     from sprout.energy.base import EnergySample
@@ -61,6 +67,9 @@ class Receipt:
     #: reports the first token's time; None otherwise.
     prefill_kwh: float | None = None
     decode_kwh: float | None = None
+    #: How the generation ended (one of :data:`OUTCOMES`); an interrupted generation's energy
+    #: and tokens run up to where it stopped.
+    outcome: str = "completed"
 
     @property
     def total_g(self) -> float:

@@ -18,6 +18,7 @@ from sprout.ledger.chain import (
     CURRENT,
     ENCODING_V1,
     ENCODING_V2,
+    ENCODING_V3,
     FIELD_KINDS_V1,
     GENESIS_HASH,
     HASH_VERSION,
@@ -132,11 +133,13 @@ def test_every_receipt_field_is_hashed() -> None:
 
 def test_encodings_are_frozen() -> None:
     # Stored hashes must verify forever. The v1 digests were computed by the code that wrote
-    # v1 rows (before v2 existed); v2's pin it from here on.
+    # v1 rows (before v2 existed); v2's and v3's pin them from their introduction on.
     assert (ENCODING_V1.tag, ENCODING_V2.tag) == ("sprout-receipt-v1", "sprout-receipt-v2")
     assert ENCODING_V2.fields == (*ENCODING_V1.fields, "prefill_kwh", "decode_kwh")
+    assert ENCODING_V3.tag == "sprout-receipt-v3"
+    assert ENCODING_V3.fields == (*ENCODING_V2.fields, "outcome")
     assert len(FIELD_KINDS_V1) == 30 and FIELD_KINDS_V1[-1] == ("purpose", "str")
-    assert CURRENT is ENCODING_V2 and HASH_VERSION == 2
+    assert CURRENT is ENCODING_V3 and HASH_VERSION == 3
     pinned = {
         1: (
             "a9ae9de06b0a18fb70391c47921b62181dd00034040aa3592768d8c0cd9cbda1",
@@ -146,9 +149,13 @@ def test_encodings_are_frozen() -> None:
             "bc2bf1ff960c0f4f4f7c2fd0267ac4d275fc3d5045806a65b53969d5a37aaa4a",
             "5332eee5611f426f2706a8fad3dfae16097c3cf7fea00c9bb46dd8b7fab4a171",
         ),
+        3: (
+            "93b649f3699fa1756cf38f28a66f6edddc32ae66bca2b598c312760c8da34144",
+            "2e1b0f1cbce2874e041de24fb326d63bf052e68cfc812439514851a1097c6699",
+        ),
     }
     for version, digests in pinned.items():
-        fields_ = ENCODING_V1.fields if version == 1 else ENCODING_V2.fields
+        fields_ = {1: ENCODING_V1, 2: ENCODING_V2, 3: ENCODING_V3}[version].fields
         prev = GENESIS_HASH
         for i, digest in zip((3, 4), digests, strict=True):
             values = [getattr(make_receipt(i), n) for n in fields_]
@@ -160,13 +167,13 @@ def test_encodings_are_frozen() -> None:
 def test_writer_fast_path_equals_reference_encoding(dialect: object) -> None:
     prepare = _make_preparer(dialect)
     hasher = ChainHasher("host:1:abc")
-    assert hasher.version == CURRENT.number == 2  # the writer hashes with v2, and says so
+    assert hasher.version == CURRENT.number == 3  # the writer hashes with v3, and says so
     prev = GENESIS_HASH
     for seq, receipt in enumerate(edge_receipts() * 2, start=1):  # twice: the datetime cache
         _, _, others, floats_hex = prepare(receipt)
-        values = [getattr(receipt, name) for name in ENCODING_V2.fields]
-        content = ENCODING_V2.canonical_content(values)
-        expected = ENCODING_V2.row_hash("host:1:abc", seq, prev, content)
+        values = [getattr(receipt, name) for name in ENCODING_V3.fields]
+        content = ENCODING_V3.canonical_content(values)
+        expected = ENCODING_V3.row_hash("host:1:abc", seq, prev, content)
         assert hasher.hash(seq, prev, others, floats_hex) == expected
         assert row_hash("host:1:abc", seq, prev, canonical_content(values)) == expected
         prev = expected
@@ -297,6 +304,7 @@ def test_migration_from_0001_chains_existing_receipts(url: str) -> None:
         "prefill_kwh",
         "decode_kwh",
         "hash_version",
+        "outcome",
     }
     legacy = Table(
         "receipts",
@@ -347,7 +355,7 @@ def test_v1_rows_still_verify_after_upgrade_to_head(url: str) -> None:
     assert (result.chains, result.receipts) == (2, 21)
     with db(url) as conn:
         versions = set(conn.execute("SELECT DISTINCT chain_id, hash_version FROM receipts"))
-    assert versions == {("old:1:a", 1), (new_chain, 2)}
+    assert versions == {("old:1:a", 1), (new_chain, 3)}
     with Ledger(url) as led:
         back = {r.request_id: r for r in led.receipts()}
     assert back["req-000003"].prefill_kwh is None and back["req-000009"].decode_kwh is None
@@ -373,14 +381,17 @@ def test_encoding_of_each_row_is_checked(url: str) -> None:
             "UPDATE receipts SET prefill_kwh = 1e-6, decode_kwh = 2e-6 WHERE request_id = ?",
             ("req-000001",),
         )
-        # A v2 row relabelled v1, and one labelled with an encoding that does not exist.
+        # An outcome put on a v1 row (v1 rows are of completed generations).
+        conn.execute("UPDATE receipts SET outcome = 'guard_cut' WHERE request_id = 'req-000002'")
+        # A v3 row relabelled v1, and one labelled with an encoding that does not exist.
         conn.execute("UPDATE receipts SET hash_version = 1 WHERE request_id = 'req-000011'")
         conn.execute("UPDATE receipts SET hash_version = 9 WHERE request_id = 'req-000012'")
     result = verify(url, check_rollups=False)
     problems = {p.request_id: p for p in result.problems}
-    assert set(problems) == {"req-000001", "req-000011", "req-000012"}, result.summary()
+    assert set(problems) == {"req-000001", "req-000002", "req-000011", "req-000012"}
     assert {p.kind for p in result.problems} == {"altered"}
     assert "does not cover prefill_kwh, decode_kwh" in problems["req-000001"].message
+    assert "does not cover outcome" in problems["req-000002"].message
     assert "does not match its hash" in problems["req-000011"].message
     assert "hash_version 9 names no known encoding" in problems["req-000012"].message
 

@@ -240,7 +240,7 @@ def test_chat_stream_yields_deltas_then_the_receipt(settings):
         assert list(stream) == []  # exhausted
 
 
-def test_closing_a_stream_stops_the_generation_and_records_nothing(settings):
+def test_closing_a_stream_stops_the_generation_and_records_what_it_spent(settings):
     with (
         FakeOpenAIServer(REPLY * 20, chunk_delay_s=0.01) as server,
         _openai(settings, server) as controller,
@@ -251,8 +251,12 @@ def test_closing_a_stream_stops_the_generation_and_records_nothing(settings):
         assert first
         assert wait_until(lambda: server.aborted_streams == 1, timeout_s=5)
         assert server.chunks_sent < len(tokens_of(REPLY * 20))
-        controller.ledger.flush()
-        assert controller.ledger.count_receipts() == 0
+        assert wait_until(lambda: controller.ledger.flush() and controller.ledger.count_receipts())
+        (receipt,) = controller.ledger.receipts()
+        assert receipt.outcome == "client_closed" and receipt.energy_source == "estimated"
+        # Up to where it stopped: at least the delta read, far less than the whole answer.
+        assert 1 <= receipt.output_tokens < len(tokens_of(REPLY * 20))
+        assert receipt.request_id == stream.request_id
 
 
 def test_stream_holds_back_a_stop_string_the_server_ignores(settings):

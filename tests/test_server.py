@@ -467,7 +467,11 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event(client, controller,
     assert r.status_code == 200  # the first tokens were already sent
     events = _events(r.text)
     assert "error" in events[-1] and events[-1]["error"]["code"] == "upstream_error"
-    assert _receipts(controller) == 0
+    # The tokens generated before the drop spent energy: their receipt says so.
+    assert _receipts(controller) == 1
+    (receipt,) = controller.ledger.receipts()
+    assert receipt.outcome == "upstream_failed" and receipt.energy_source == "estimated"
+    assert receipt.output_tokens > 0 and receipt.energy_kwh > 0
 
 
 # -- models, health, metrics ---------------------------------------------------------------------

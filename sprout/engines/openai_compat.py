@@ -57,9 +57,12 @@ _LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 class _Retryable(Exception):
     """One attempt failed in a way another attempt may not."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, reached_model: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reached_model = reached_model  # the server had accepted the request
 
 
 @dataclass
@@ -277,7 +280,9 @@ class OpenAIEngine(Engine):
                 return self._attempt(payload, stream, guard, started)
             except _Retryable as e:
                 if attempt == attempts - 1:
-                    raise self._error(f"{e} (gave up after {attempts} attempts)") from None
+                    raise self._error(
+                        f"{e} (gave up after {attempts} attempts)", reached=e.reached_model
+                    ) from None
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
                 if e.retry_after_s is not None:
                     delay = min(self.max_backoff_s, max(delay, e.retry_after_s))
@@ -298,7 +303,8 @@ class OpenAIEngine(Engine):
         except requests.exceptions.ReadTimeout:
             raise self._error(
                 f"no response within {self.timeout[1]:g} s (read timeout; not retried, the "
-                "server may still be generating)"
+                "server may still be generating)",
+                reached=True,
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
             raise _Retryable(f"connection failed ({type(e).__name__})") from None
@@ -312,12 +318,16 @@ class OpenAIEngine(Engine):
                     return self._read_stream(response, guard, started)
                 return self._read_json(response, started)
             except requests.exceptions.ReadTimeout:
-                raise self._error(f"no data within {self.timeout[1]:g} s (read timeout)") from None
+                raise self._error(
+                    f"no data within {self.timeout[1]:g} s (read timeout)", reached=True
+                ) from None
             except (
                 requests.exceptions.ConnectionError,
                 requests.exceptions.ChunkedEncodingError,
             ) as e:
-                raise _Retryable(f"connection dropped mid-response ({type(e).__name__})") from None
+                raise _Retryable(
+                    f"connection dropped mid-response ({type(e).__name__})", reached_model=True
+                ) from None
 
     def _raise_status(self, response: requests.Response) -> None:
         status = response.status_code
@@ -346,12 +356,12 @@ class OpenAIEngine(Engine):
         try:
             body = response.json()
         except ValueError:
-            raise self._error("response is not JSON") from None
+            raise self._error("response is not JSON", reached=True) from None
         try:
             choice = body["choices"][0]
             text = choice["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise self._error("response has no choices[0].message.content") from None
+            raise self._error("response has no choices[0].message.content", reached=True) from None
         usage = body.get("usage") or {}
         return _Result(
             text=str(text),
@@ -370,20 +380,26 @@ class OpenAIEngine(Engine):
         done = False
         for data in _sse_data(response.iter_lines()):
             if self._clock() - started > self.deadline_s:
-                raise self._error(f"stream exceeded its deadline of {self.deadline_s:g} s")
+                raise self._error(
+                    f"stream exceeded its deadline of {self.deadline_s:g} s", reached=True
+                )
             if data == "[DONE]":
                 done = True
                 break
             try:
                 chunk = json.loads(data)
             except ValueError:
-                raise self._error(f"stream chunk is not JSON: {data[:80]!r}") from None
+                raise self._error(
+                    f"stream chunk is not JSON: {data[:80]!r}", reached=True
+                ) from None
             if not isinstance(chunk, dict):
-                raise self._error(f"stream chunk is not an object: {data[:80]!r}")
+                raise self._error(f"stream chunk is not an object: {data[:80]!r}", reached=True)
             if "error" in chunk:
                 err = chunk["error"]
                 message = err.get("message", err) if isinstance(err, dict) else err
-                raise self._error(f"server error mid-stream: {str(message)[:_SNIPPET_CHARS]}")
+                raise self._error(
+                    f"server error mid-stream: {str(message)[:_SNIPPET_CHARS]}", reached=True
+                )
             result.model = result.model or str(chunk.get("model") or "")
             usage = chunk.get("usage") or {}
             if usage:
@@ -405,15 +421,15 @@ class OpenAIEngine(Engine):
                     done = True
                     break
         if not done and result.finish_reason is None:
-            raise _Retryable("stream ended before [DONE]")
+            raise _Retryable("stream ended before [DONE]", reached_model=True)
         result.text = "".join(parts)
         return result
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _error(self, message: str) -> EngineError:
-        return EngineError(self._redact(f"{self.where}: {message}"))
+    def _error(self, message: str, *, reached: bool = False) -> EngineError:
+        return EngineError(self._redact(f"{self.where}: {message}"), reached_model=reached)
 
     def close(self) -> None:
         """Close the HTTP session (if this engine created it)."""

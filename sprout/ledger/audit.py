@@ -34,7 +34,15 @@ from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
 from sprout.ledger.rollup import NO_BASELINE, SUM_NAMES, SUMS, key_exprs
 from sprout.ledger.schema import ROLLUP_KEYS, UTCDateTime, receipts_table, verdicts_table
 
-GROUP_BYS: tuple[str, ...] = ("day", "hour", "zone", "directive", "variant", "tenant")
+GROUP_BYS: tuple[str, ...] = (
+    "day",
+    "hour",
+    "zone",
+    "directive",
+    "variant",
+    "tenant",
+    "outcome",
+)
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
 PURPOSES: tuple[str, ...] = ("serve", "evaluation")
 #: Filters: option name -> the rollup key column it compares with.
@@ -44,6 +52,7 @@ FILTERS: dict[str, str] = {
     "variant": "variant",
     "tenant": "tenant",
     "purpose": "purpose",
+    "outcome": "outcome",
 }
 #: What the group label says for an empty key (no variant, no tenant).
 NONE_LABEL = "(none)"

@@ -15,6 +15,7 @@ own. Versions so far:
 
 - 1 (``sprout-receipt-v1``): :data:`FIELD_KINDS_V1`.
 - 2 (``sprout-receipt-v2``): v1's fields, then ``prefill_kwh`` and ``decode_kwh``.
+- 3 (``sprout-receipt-v3``): v2's fields, then ``outcome``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ FIELD_KINDS_V2: tuple[tuple[str, str], ...] = (
     ("prefill_kwh", "float?"),
     ("decode_kwh", "float?"),
 )
+
+#: Encoding v3's fields: v2's, then how the generation ended. Frozen.
+FIELD_KINDS_V3: tuple[tuple[str, str], ...] = (*FIELD_KINDS_V2, ("outcome", "str"))
 
 #: The bytes a null float hashes as: a quiet NaN, which no stored float can be (the writer
 #: refuses non-finite values).
@@ -188,10 +192,11 @@ class ChainEncoding:
 
 ENCODING_V1 = ChainEncoding(1, "sprout-receipt-v1", FIELD_KINDS_V1)
 ENCODING_V2 = ChainEncoding(2, "sprout-receipt-v2", FIELD_KINDS_V2)
+ENCODING_V3 = ChainEncoding(3, "sprout-receipt-v3", FIELD_KINDS_V3)
 #: Every encoding a stored row may use, by its number (``receipts.hash_version``).
-ENCODINGS: dict[int, ChainEncoding] = {e.number: e for e in (ENCODING_V1, ENCODING_V2)}
+ENCODINGS: dict[int, ChainEncoding] = {e.number: e for e in (ENCODING_V1, ENCODING_V2, ENCODING_V3)}
 #: The encoding new rows are hashed with.
-CURRENT = ENCODING_V2
+CURRENT = ENCODING_V3
 
 #: The current encoding's number, version tag and fields (what the writer uses).
 HASH_VERSION: int = CURRENT.number
@@ -264,9 +269,11 @@ __all__ = [
     "ENCODINGS",
     "ENCODING_V1",
     "ENCODING_V2",
+    "ENCODING_V3",
     "FIELD_KINDS",
     "FIELD_KINDS_V1",
     "FIELD_KINDS_V2",
+    "FIELD_KINDS_V3",
     "FLOAT_FIELDS",
     "GENESIS_HASH",
     "HASHED_FIELDS",

@@ -68,6 +68,7 @@ def key_exprs(dialect: str) -> tuple[str, ...]:
         f"CASE WHEN baseline_g IS NULL THEN '{NO_BASELINE}' "
         f"ELSE COALESCE(baseline_source, '{UNKNOWN_BASELINE_SOURCE}') END",
         "purpose",
+        "outcome",
     )
 
 

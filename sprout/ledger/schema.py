@@ -123,6 +123,8 @@ class ReceiptRow(Base):
     purpose: Mapped[str] = mapped_column(String(32), server_default="serve")
     prefill_kwh: Mapped[float | None] = mapped_column(Double)
     decode_kwh: Mapped[float | None] = mapped_column(Double)
+    #: How the generation ended (:data:`sprout.receipt.OUTCOMES`).
+    outcome: Mapped[str] = mapped_column(String(32), server_default="completed")
     chain_id: Mapped[str] = mapped_column(String(64))
     seq: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[str] = mapped_column(String(64))
@@ -159,6 +161,7 @@ ROLLUP_KEYS: tuple[str, ...] = (
     "energy_source",
     "baseline_source",
     "purpose",
+    "outcome",
 )
 
 
@@ -180,6 +183,7 @@ class ReceiptRollupRow(Base):
     energy_source: Mapped[str] = mapped_column(String(64))
     baseline_source: Mapped[str] = mapped_column(String(64))
     purpose: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(32), server_default="completed")
     requests: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
