@@ -17,6 +17,11 @@ be the bottleneck).
 3. Receipts: the proxy is stopped (SIGINT: it flushes its ledger) and the receipts in its
    SQLite file are counted; they must equal the requests it answered.
 
+All three run twice in one invocation, against the same upstream: with the default ledger
+durability (``durable``: each receipt synced to the journal, by group commit, before the
+answer is released) and with ``buffered``; the ratio of their p50 overheads is printed
+(target: at most 1.5).
+
     python benchmarks/proxy_load.py [--seconds 30] [--concurrency 200] [--pairs 2000]
 """
 
@@ -44,6 +49,8 @@ BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 ).encode()
 TARGET_P50_MS, TARGET_P99_MS = 2.0, 10.0
+#: The ledger durability modes measured side by side: the default first.
+MODES = ("durable", "buffered")
 
 
 # -- the fake upstream (run with --upstream-only) ----------------------------------------------
@@ -230,6 +237,123 @@ def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout_s: float = 60
     raise RuntimeError(f"nothing listening on port {port} after {timeout_s} s")
 
 
+def _measure(
+    args: argparse.Namespace, upstream_port: int, durability: str, tmp: str
+) -> dict[str, object]:
+    """Start ``sprout serve`` with ``durability``, run both phases, stop it, count receipts."""
+    db = Path(tmp) / f"proxy-ledger-{durability}.db"
+    proxy_port = _free_port()
+    env = {
+        **os.environ,
+        "SPROUT_CARBON_PROVIDER": "static",
+        "SPROUT_METER": "estimate",
+        "SPROUT_METER_CALIBRATE": "false",
+        "SPROUT_SERVER_THREADS": str(max(256, args.concurrency)),
+        "SPROUT_LEDGER_DURABILITY": durability,
+    }
+    sprout = Path(sys.executable).with_name("sprout")
+    proxy: subprocess.Popen[str] | None = subprocess.Popen(
+        [
+            str(sprout),
+            "serve",
+            "--upstream",
+            f"http://127.0.0.1:{upstream_port}/v1",
+            "--model",
+            MODEL,
+            "--port",
+            str(proxy_port),
+            "--db",
+            f"sqlite:///{db}",
+        ],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proxy is not None
+        _wait_for_port(proxy_port, proxy)
+        direct_s, proxied_s, paired_answered = asyncio.run(
+            _paired(upstream_port, proxy_port, args.pairs)
+        )
+        load = asyncio.run(_load(proxy_port, args.concurrency, args.seconds))
+        proxy.send_signal(signal.SIGINT)  # graceful: the ledger is flushed on shutdown
+        out, _ = proxy.communicate(timeout=120)
+        if proxy.returncode not in (0, -signal.SIGINT):
+            print(out, file=sys.stderr)
+        proxy = None
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            proxy.kill()
+            proxy.wait(timeout=10)
+    with sqlite3.connect(db) as conn:
+        receipts = conn.execute("select count(*) from receipts").fetchone()[0]
+    latencies: list[float] = load["latencies"]  # type: ignore[assignment]
+    errors: dict[str, int] = load["errors"]  # type: ignore[assignment]
+    requests = len(latencies) + sum(v for k, v in errors.items() if not k.startswith("HTTP"))
+    direct_p50, direct_p99 = percentile(direct_s, 50) * 1e3, percentile(direct_s, 99) * 1e3
+    proxied_p50, proxied_p99 = percentile(proxied_s, 50) * 1e3, percentile(proxied_s, 99) * 1e3
+    elapsed = float(load["elapsed_s"])  # type: ignore[arg-type]
+    return {
+        "durability": durability,
+        "direct_p50_ms": direct_p50,
+        "direct_p99_ms": direct_p99,
+        "proxied_p50_ms": proxied_p50,
+        "proxied_p99_ms": proxied_p99,
+        "overhead_p50_ms": proxied_p50 - direct_p50,
+        "overhead_p99_ms": proxied_p99 - direct_p99,
+        "pairwise": [p - d for p, d in zip(proxied_s, direct_s, strict=True)],
+        "latencies": latencies,
+        "errors": errors,
+        "requests": requests + paired_answered,
+        "answered": paired_answered + int(load["answered"]),  # type: ignore[call-overload]
+        "receipts": receipts,
+        "elapsed_s": elapsed,
+    }
+
+
+def _report(args: argparse.Namespace, m: dict[str, object]) -> None:
+    """Print one durability mode's figures."""
+    latencies: list[float] = m["latencies"]  # type: ignore[assignment]
+    pairwise: list[float] = m["pairwise"]  # type: ignore[assignment]
+    elapsed = float(m["elapsed_s"])  # type: ignore[arg-type]
+    print(f"ledger_durability={m['durability']}")
+    print(f"  overhead phase: {args.pairs} request pairs, one at a time (after 300 warm-up pairs)")
+    print(
+        f"    upstream directly    p50 {m['direct_p50_ms']:7.3f} ms   "
+        f"p99 {m['direct_p99_ms']:7.3f} ms"
+    )
+    print(
+        f"    through the proxy    p50 {m['proxied_p50_ms']:7.3f} ms   "
+        f"p99 {m['proxied_p99_ms']:7.3f} ms"
+    )
+    print(
+        f"    proxy overhead       p50 {m['overhead_p50_ms']:7.3f} ms   "
+        f"p99 {m['overhead_p99_ms']:7.3f} ms   "
+        f"(targets < {TARGET_P50_MS:g} ms, < {TARGET_P99_MS:g} ms)"
+    )
+    print(
+        f"    pairwise difference  p50 {percentile(pairwise, 50) * 1e3:7.3f} ms   "
+        f"p99 {percentile(pairwise, 99) * 1e3:7.3f} ms"
+    )
+    print(
+        f"  load phase: {args.concurrency} concurrent clients for {elapsed:.1f} s: "
+        f"{len(latencies)} requests, {len(latencies) / elapsed:.0f} req/s, "
+        f"errors {m['errors'] or 0}"
+    )
+    if latencies:
+        print(
+            f"    latency under load   p50 {percentile(latencies, 50) * 1e3:7.1f} ms   "
+            f"p99 {percentile(latencies, 99) * 1e3:7.1f} ms"
+        )
+    ok = m["receipts"] == m["answered"]
+    print(
+        f"  receipts: {m['receipts']} in the ledger for {m['answered']} answered requests "
+        f"({'none lost' if ok else 'MISMATCH'})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=30.0, help="load phase length")
@@ -242,115 +366,48 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "proxy-ledger.db"
         upstream = subprocess.Popen(
             [sys.executable, __file__, "--upstream-only"], stdout=subprocess.PIPE, text=True
         )
-        proxy: subprocess.Popen[str] | None = None
         try:
             assert upstream.stdout is not None
             upstream_port = int(upstream.stdout.readline().split()[1])
-            proxy_port = _free_port()
-            env = {
-                **os.environ,
-                "SPROUT_CARBON_PROVIDER": "static",
-                "SPROUT_METER": "estimate",
-                "SPROUT_METER_CALIBRATE": "false",
-                "SPROUT_SERVER_THREADS": str(max(256, args.concurrency)),
-            }
-            sprout = Path(sys.executable).with_name("sprout")
-            proxy = subprocess.Popen(
-                [
-                    str(sprout),
-                    "serve",
-                    "--upstream",
-                    f"http://127.0.0.1:{upstream_port}/v1",
-                    "--model",
-                    MODEL,
-                    "--port",
-                    str(proxy_port),
-                    "--db",
-                    f"sqlite:///{db}",
-                ],
-                env=env,
-                cwd=tmp,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            _wait_for_port(proxy_port, proxy)
-
-            direct_s, proxied_s, paired_answered = asyncio.run(
-                _paired(upstream_port, proxy_port, args.pairs)
-            )
-            load = asyncio.run(_load(proxy_port, args.concurrency, args.seconds))
-
-            proxy.send_signal(signal.SIGINT)  # graceful: the ledger is flushed on shutdown
-            out, _ = proxy.communicate(timeout=120)
-            if proxy.returncode not in (0, -signal.SIGINT):
-                print(out, file=sys.stderr)
-            proxy = None
+            # The default (durable) first, then buffered, against the same upstream.
+            runs = {mode: _measure(args, upstream_port, mode, tmp) for mode in MODES}
         finally:
-            for proc in (proxy, upstream):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=10)
-        with sqlite3.connect(db) as conn:
-            receipts = conn.execute("select count(*) from receipts").fetchone()[0]
+            if upstream.poll() is None:
+                upstream.kill()
+                upstream.wait(timeout=10)
 
-    direct_p50, direct_p99 = percentile(direct_s, 50) * 1e3, percentile(direct_s, 99) * 1e3
-    proxied_p50, proxied_p99 = percentile(proxied_s, 50) * 1e3, percentile(proxied_s, 99) * 1e3
-    pairwise = [p - d for p, d in zip(proxied_s, direct_s, strict=True)]
-    overhead_p50, overhead_p99 = proxied_p50 - direct_p50, proxied_p99 - direct_p99
-    latencies: list[float] = load["latencies"]  # type: ignore[assignment]
-    errors: dict[str, int] = load["errors"]  # type: ignore[assignment]
-    answered = paired_answered + int(load["answered"])  # type: ignore[call-overload]
-    requests = len(latencies) + sum(v for k, v in errors.items() if not k.startswith("HTTP"))
-    requests += paired_answered
-    n_errors = sum(errors.values())
-
-    print(f"overhead phase: {args.pairs} request pairs, one at a time (after 300 warm-up pairs)")
-    print(f"  upstream directly    p50 {direct_p50:7.3f} ms   p99 {direct_p99:7.3f} ms")
-    print(f"  through the proxy    p50 {proxied_p50:7.3f} ms   p99 {proxied_p99:7.3f} ms")
+    for m in runs.values():
+        _report(args, m)
+    durable, buffered = runs["durable"], runs["buffered"]
+    ratio_p50 = float(durable["overhead_p50_ms"]) / max(1e-9, float(buffered["overhead_p50_ms"]))  # type: ignore[arg-type]
     print(
-        f"  proxy overhead       p50 {overhead_p50:7.3f} ms   p99 {overhead_p99:7.3f} ms   "
-        f"(targets < {TARGET_P50_MS:g} ms, < {TARGET_P99_MS:g} ms)"
+        f"default (durable) vs buffered: p50 overhead {durable['overhead_p50_ms']:.3f} ms vs "
+        f"{buffered['overhead_p50_ms']:.3f} ms, ratio {ratio_p50:.2f} (target <= 1.5)"
     )
-    print(
-        f"  pairwise difference  p50 {percentile(pairwise, 50) * 1e3:7.3f} ms   "
-        f"p99 {percentile(pairwise, 99) * 1e3:7.3f} ms"
-    )
-    elapsed = float(load["elapsed_s"])  # type: ignore[arg-type]
-    print(
-        f"load phase: {args.concurrency} concurrent clients for {elapsed:.1f} s: "
-        f"{len(latencies)} requests, {len(latencies) / elapsed:.0f} req/s, errors {errors or 0}"
-    )
-    if latencies:
-        print(
-            f"  latency under load   p50 {percentile(latencies, 50) * 1e3:7.1f} ms   "
-            f"p99 {percentile(latencies, 99) * 1e3:7.1f} ms"
+    figures: dict[str, float | int | str] = {"concurrency": args.concurrency}
+    for mode, m in runs.items():
+        latencies: list[float] = m["latencies"]  # type: ignore[assignment]
+        elapsed = float(m["elapsed_s"])  # type: ignore[arg-type]
+        prefix = "" if mode == "durable" else "buffered_"
+        figures.update(
+            {
+                f"{prefix}requests": int(m["requests"]),  # type: ignore[call-overload]
+                f"{prefix}errors": sum(m["errors"].values()),  # type: ignore[attr-defined]
+                f"{prefix}receipts": int(m["receipts"]),  # type: ignore[call-overload]
+                f"{prefix}answered": int(m["answered"]),  # type: ignore[call-overload]
+                f"{prefix}load_rps": round(len(latencies) / elapsed, 1),
+                f"{prefix}load_p50_ms": round(percentile(latencies, 50) * 1e3, 1),
+                f"{prefix}load_p99_ms": round(percentile(latencies, 99) * 1e3, 1),
+                f"{prefix}direct_p50_ms": round(float(m["direct_p50_ms"]), 3),  # type: ignore[arg-type]
+                f"{prefix}overhead_p50_ms": round(float(m["overhead_p50_ms"]), 3),  # type: ignore[arg-type]
+                f"{prefix}overhead_p99_ms": round(float(m["overhead_p99_ms"]), 3),  # type: ignore[arg-type]
+            }
         )
-    print(
-        f"receipts: {receipts} in the ledger for {answered} answered requests "
-        f"({'none lost' if receipts == answered else 'MISMATCH'})"
-    )
-    emit(
-        {
-            "requests": requests,
-            "errors": n_errors,
-            "receipts": receipts,
-            "answered": answered,
-            "concurrency": args.concurrency,
-            "seconds": round(elapsed, 1),
-            "load_rps": round(len(latencies) / elapsed, 1),
-            "load_p50_ms": round(percentile(latencies, 50) * 1e3, 1) if latencies else None,
-            "load_p99_ms": round(percentile(latencies, 99) * 1e3, 1) if latencies else None,
-            "direct_p50_ms": round(direct_p50, 3),
-            "direct_p99_ms": round(direct_p99, 3),
-            "overhead_p50_ms": round(overhead_p50, 3),
-            "overhead_p99_ms": round(overhead_p99, 3),
-        }
-    )
+    figures["durable_vs_buffered_p50_ratio"] = round(ratio_p50, 2)
+    emit(figures)
 
 
 if __name__ == "__main__":
