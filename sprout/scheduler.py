@@ -3,7 +3,8 @@ retraining later).
 
 Small helpers around the scheduler rather than a framework: :func:`create_scheduler` (a
 background or a blocking scheduler in UTC with a bounded thread pool), :func:`add_interval_job`
-and :func:`add_cron_job` (one instance of a job at a time, missed runs coalesced),
+and :func:`add_cron_job` (one instance of a job at a time, missed runs coalesced;
+:func:`cron_fields` reads a crontab line),
 :func:`start_scheduler` / :func:`stop_scheduler` / :func:`remove_job` (idempotent), and
 :func:`run_blocking` (the foreground loop of a command, stopped by Ctrl-C or SIGTERM).
 APScheduler is imported inside the functions: importing this module starts nothing.
@@ -128,6 +129,31 @@ def add_cron_job(
         name=name or job_id,
         replace_existing=True,
     )
+
+
+def cron_fields(expression: str, *, setting: str = "cron") -> dict[str, str]:
+    """A five-field crontab line (``minute hour day month day_of_week``, UTC) as
+    :func:`add_cron_job` fields.
+
+    Raises:
+        ConfigError: not five fields, or a field APScheduler rejects (naming ``setting``).
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    from sprout.errors import ConfigError
+
+    parts = expression.split()
+    names = ("minute", "hour", "day", "month", "day_of_week")
+    if len(parts) != len(names):
+        raise ConfigError(
+            f"{setting} {expression!r}: expected 5 fields (minute hour day month day_of_week)"
+        )
+    fields = dict(zip(names, parts, strict=True))
+    try:
+        CronTrigger(timezone=UTC, **fields)
+    except ValueError as e:
+        raise ConfigError(f"{setting} {expression!r}: {e}") from e
+    return fields
 
 
 def start_scheduler(scheduler: BaseScheduler) -> None:

@@ -253,3 +253,44 @@ def test_tampering_is_caught_on_postgres(pg_url: str) -> None:
     result = verify(pg_url, check_rollups=False)
     assert [(p.kind, p.request_id) for p in result.problems][:1] == [("altered", "r3")]
     assert result.problems[-1].kind == "truncated"
+
+
+def test_signed_checkpoints_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    from test_ledger_checkpoint import chain_ids, rechain
+
+    from sprout.ledger.attest import check_checkpoints, take_checkpoint
+    from sprout.ledger.keys import generate_key_files, load_private_key, load_public_key
+
+    chains = []
+    for start in (0, 60):
+        with Ledger(pg_url, flush_interval_s=0.05, durability="buffered") as led:
+            for i in range(start, start + 60):
+                led.append(replace(make_receipt(i), request_id=f"r{i}"))
+            assert led.flush()
+            chains.append(led.chain_id)
+    key_path, pub_path, _ = generate_key_files(tmp_path / "k.pem")
+    key, pub = load_private_key(str(key_path)), load_public_key(pub_path)
+    first = take_checkpoint(pg_url, key)
+    with Ledger(pg_url, flush_interval_s=0.05, durability="buffered") as led:
+        led.append(replace(make_receipt(500), request_id="r500"))
+        assert led.flush()
+    second = take_checkpoint(pg_url, key, previous=first)  # only the new rows are read
+    assert len(second.chains) == 3 and second.receipts == 121
+    assert {m.chain_id: m for m in second.chains if m.chain_id in chains} == {
+        m.chain_id: m for m in first.chains
+    }
+
+    def checked() -> set[str]:
+        result = verify(pg_url, check_rollups=False)
+        check_checkpoints(pg_url, [("cp1", first), ("cp2", second)], pub, result)
+        return {p.kind for p in result.problems if p.checkpoint}
+
+    assert checked() == set()
+    ids = chain_ids(pg_url, chains[0])
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM receipts WHERE id = :id"), {"id": ids[10]})
+    engine.dispose()
+    rechain(pg_url, chains[0], ids[:10] + ids[11:])  # a forger's consistent rewrite
+    assert verify(pg_url).ok
+    assert checked() == {"deleted", "head", "rollup"}

@@ -9,7 +9,11 @@
 - :mod:`~sprout.ledger.verify`, :mod:`~sprout.ledger.audit`, :mod:`~sprout.ledger.plot`:
   integrity checks, reports and plots (``sprout ledger verify|report|plot``);
 - :mod:`~sprout.ledger.locks`: cluster-wide job locks; :mod:`~sprout.ledger.retention`:
-  pruning of sampled prompts (``sprout ledger prune``).
+  pruning of sampled prompts (``sprout ledger prune``);
+- :mod:`~sprout.ledger.checkpoint` (pure), :mod:`~sprout.ledger.keys`,
+  :mod:`~sprout.ledger.attest`: signed checkpoints of the chains (``sprout ledger
+  keygen|checkpoint``, ``verify --checkpoint``); :mod:`~sprout.ledger.pending`: receipts
+  waiting in the spool or journals (``verify``, ``sprout ledger recover``).
 
 Nothing is imported here, so importing a submodule stays cheap.
 """

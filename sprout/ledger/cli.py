@@ -1,4 +1,5 @@
-"""``sprout ledger verify|report|plot|prune``: the auditor's and operator's commands.
+"""``sprout ledger verify|report|plot|prune``: the auditor's and operator's commands
+(``keygen``, ``checkpoint`` and ``recover`` live in :mod:`sprout.ledger.cli_integrity`).
 
 Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
 Every command takes ``--db URL`` (default ``$SPROUT_DB_URL``, else the SQLite file in the
@@ -19,6 +20,7 @@ EXIT_OK, EXIT_FAILURE = 0, 1
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
     from sprout.ledger.audit import PURPOSES
+    from sprout.receipt import OUTCOMES
 
     parser.add_argument("--since", metavar="TIME", help="from this ISO 8601 date/time (UTC)")
     parser.add_argument("--until", metavar="TIME", help="up to (excluding) this date/time")
@@ -27,6 +29,7 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", help="only this model variant ('' for none)")
     parser.add_argument("--tenant", help="only this tenant ('' for none)")
     parser.add_argument("--purpose", choices=PURPOSES, help="only served or evaluation requests")
+    parser.add_argument("--outcome", choices=OUTCOMES, help="only generations that ended this way")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -50,6 +53,7 @@ def _report(args: argparse.Namespace, group_by: str) -> Any:
             "variant": args.variant,
             "tenant": args.tenant,
             "purpose": args.purpose,
+            "outcome": args.outcome,
         },
     )
 
@@ -67,15 +71,11 @@ def _existing_ledger(settings: Any) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    import json
-
-    from sprout.ledger.verify import verify
+    from sprout.ledger.cli_integrity import run_verify
 
     settings = _settings(args)
     _existing_ledger(settings)
-    result = verify(settings.db_url, check_rollups=not args.no_rollups)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else result.summary())
-    return EXIT_OK if result.ok else EXIT_FAILURE
+    return run_verify(args, settings)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -125,12 +125,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``sprout ledger ...`` to the main parser's subparsers."""
+    from sprout.ledger import cli_integrity
     from sprout.ledger.audit import FORMATS, GROUP_BYS
     from sprout.ledger.plot import BUCKETS
 
     ledger = subparsers.add_parser(
         "ledger",
-        help="audit the carbon ledger: verify, report, plot, prune",
+        help="audit the carbon ledger: verify, checkpoint, recover, report, plot, prune",
         description="Audit commands over the carbon ledger.",
     )
     sub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
@@ -140,12 +141,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="check the hash chains; exit 0 only when the ledger is intact",
         description="Recompute every receipt's hash, check each chain's links and recorded "
         "head, the hourly rollups and the policy versions; name the first altered, deleted "
-        "or inserted row of each chain. Exit code 0 only when intact, 1 otherwise.",
+        "or inserted row of each chain. With --checkpoint, also recompute each chain up to "
+        "the signed checkpoint and compare. Receipts waiting in the spool or a stopped "
+        "process's journal are counted. Exit code 0 only when intact with nothing pending, "
+        "1 when a problem is found, 2 for a bad key or checkpoint file, 3 when intact but "
+        "receipts are pending (run `sprout ledger recover`).",
     )
     add_settings_options(verify)
     verify.add_argument("--no-rollups", action="store_true", help="skip the rollup check")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    cli_integrity.add_verify_options(verify)
     verify.set_defaults(func=_cmd_verify)
+    cli_integrity.register(sub)
 
     report = sub.add_parser(
         "report",

@@ -11,7 +11,8 @@ request id, chain and seq. The hourly rollups (derived data that reports read) a
 against the receipts, and stored policy versions against their SHA-256.
 
 What this cannot catch by itself is a wholesale rewrite by someone who recomputes every hash
-and head: keep :attr:`VerifyResult.heads_digest` somewhere else to catch that too.
+and head: signed checkpoints kept outside the database catch that
+(:mod:`sprout.ledger.attest`, ``sprout ledger verify --checkpoint``).
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ class Problem:
 
     Attributes:
         kind: ``altered``, ``deleted``, ``inserted``, ``truncated``, ``rollup`` or
-            ``policy``.
+            ``policy``; checkpoints (:mod:`sprout.ledger.attest`) add ``head`` (a recorded
+            head rewritten) and ``signature`` (a checkpoint file forged or modified).
         message: what is wrong, naming the row (id, request id, chain, seq).
         chain_id, seq, row_id, request_id: the row or chain concerned, where there is one.
+        checkpoint: the checkpoint file that caught it (None: the in-database checks).
     """
 
     kind: str
@@ -60,6 +63,7 @@ class Problem:
     seq: int | None = None
     row_id: int | None = None
     request_id: str | None = None
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -76,22 +80,46 @@ class VerifyResult:
     #: SHA-256 over every chain head (id, count, last hash): keep it outside the database
     #: to detect a rewrite that recomputed every hash.
     heads_digest: str = ""
+    #: Signed checkpoints checked (:func:`sprout.ledger.attest.check_checkpoints`), one
+    #: dict each (source, taken_at, key_id, chains, receipts, signature_ok, ok).
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    #: Receipts waiting outside the database (a spool, journals of stopped processes), what
+    #: to say about them, and the details (:mod:`sprout.ledger.pending`).
+    pending_receipts: int = 0
+    pending_note: str = ""
+    pending: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """True when no problem was found."""
+        """True when no problem was found (pending receipts are no problem of integrity)."""
         return self.problem_count == 0
 
     def summary(self) -> str:
         """A few lines for a person."""
         checked = "hashes, links, heads" + (", rollups" if self.rollups_checked else "")
-        head = f"ledger {self.url}: {self.chains} chains, {self.receipts} receipts"
+        if self.checkpoints:
+            checked += f", {len(self.checkpoints)} signed checkpoint(s)"
+        lines = [f"ledger {self.url}: {self.chains} chains, {self.receipts} receipts"]
+        if not self.ok:
+            lines.append(f"FAILED: {self.problem_count} problem(s) ({checked} checked)")
+            lines += [f"  {p.kind}: {p.message}" for p in self.problems]
+            if self.problem_count > len(self.problems):
+                lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
+        elif self.pending_receipts:
+            lines.append(f"chains intact ({checked} checked); {self.pending_note}")
+        else:
+            lines.append(f"OK: intact ({checked} checked)")
+        for cp in self.checkpoints:
+            verdict = "matches" if cp["ok"] else "DOES NOT MATCH"
+            of = f"of {cp['database']}, " if cp.get("database", self.url) != self.url else ""
+            lines.append(
+                f"checkpoint {cp['source']} ({of}taken {cp['taken_at']}, key {cp['key_id']}): "
+                f"{cp['chains']} chains, {cp['receipts']} receipts: {verdict}"
+            )
+        if self.pending_note and (not self.ok or not self.pending_receipts):
+            lines.append(("also: " if self.pending_receipts else "note: ") + self.pending_note)
         if self.ok:
-            return f"{head}\nOK: intact ({checked} checked)\nheads digest {self.heads_digest}"
-        lines = [head, f"FAILED: {self.problem_count} problem(s) ({checked} checked)"]
-        lines += [f"  {p.kind}: {p.message}" for p in self.problems]
-        if self.problem_count > len(self.problems):
-            lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
+            lines.append(f"heads digest {self.heads_digest}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +133,9 @@ class VerifyResult:
             "problem_count": self.problem_count,
             "problems": [p.__dict__ for p in self.problems],
             "heads_digest": self.heads_digest,
+            "checkpoints": self.checkpoints,
+            "pending_receipts": self.pending_receipts,
+            "pending": self.pending,
         }
 
 
@@ -186,18 +217,28 @@ _CONTENT_FIELDS: tuple[str, ...] = tuple(
 _CONTENT_START = 6
 
 
+#: What a field holds in rows hashed before an encoding covered it (None unless named here).
+_BEFORE_ENCODED: dict[str, Any] = {"outcome": "completed"}
+
+
 class _RowReader:
     """Reads one encoding's content out of a streamed row.
 
-    Also names the stored fields that encoding does not cover: they must be empty, since
-    nothing would catch their alteration (a v1 row has no prefill/decode split).
+    Also names the stored fields that encoding does not cover: they must hold what the
+    migration that added them gave older rows (None, or ``completed`` for the outcome: every
+    receipt before v3 was of a completed generation), since nothing would catch their
+    alteration (a v1 row has no prefill/decode split).
     """
 
     def __init__(self, enc: ChainEncoding) -> None:
         pos = {name: _CONTENT_START + i for i, name in enumerate(_CONTENT_FIELDS)}
         self.encoding = enc
         self._values = operator.itemgetter(*(pos[name] for name in enc.fields))
-        self._uncovered = [(name, pos[name]) for name in _CONTENT_FIELDS if name not in enc.fields]
+        self._uncovered = [
+            (name, pos[name], _BEFORE_ENCODED.get(name))
+            for name in _CONTENT_FIELDS
+            if name not in enc.fields
+        ]
 
     def hash(self, row: Any) -> str:
         """The hash ``row`` should have."""
@@ -207,7 +248,7 @@ class _RowReader:
 
     def uncovered(self, row: Any) -> list[str]:
         """The fields of ``row`` that hold a value its encoding does not cover."""
-        return [name for name, i in self._uncovered if row[i] is not None]
+        return [name for name, i, empty in self._uncovered if row[i] != empty]
 
 
 _READERS: dict[int, _RowReader] = {n: _RowReader(enc) for n, enc in ENCODINGS.items()}
