@@ -81,9 +81,19 @@ class Settings:
         ledger_flush_interval_s: how often buffered receipts are committed.
         ledger_spool: file receipts go to while the database is unreachable ("" for
             ``<db>.spool.jsonl`` beside a SQLite file, else ``sprout-ledger.spool.jsonl``).
-        ledger_durability: ``buffered`` (a SIGKILL loses at most the receipts of the last
-            flush interval) or ``durable`` (each receipt is fsynced to a local journal before
-            ``append`` returns).
+        ledger_durability: ``durable`` (default: each receipt is on disk, in a local journal
+            synced by group commit, before ``append`` returns, so a SIGKILL loses nothing
+            that was answered) or ``buffered`` (a SIGKILL loses at most the receipts of the
+            last flush interval).
+        ledger_checkpoint_key: the Ed25519 key that signs ledger checkpoints: the path of a
+            PEM file (``sprout ledger keygen``), or the PEM text itself (secret: kept out of
+            ``repr``, never logged, never stored in the database).
+        ledger_checkpoint_public_key: the public key file ``sprout ledger verify
+            --checkpoint`` checks signatures with ("" for the signing key's own).
+        ledger_checkpoint_dir: where ``sprout ledger checkpoint`` writes signed checkpoints
+            ("" for none: give ``--output``); keep a copy outside the database owner's reach.
+        ledger_checkpoint_cron: when ``sprout ledger checkpoint --schedule`` signs one
+            (crontab, UTC).
         prompt_retention_days: days a sampled prompt is kept before ``sprout ledger prune``
             deletes it (0: kept forever); receipts and their hash chains are never pruned.
         engine: ``replay`` (bundled recordings), ``openai`` (an OpenAI-compatible server) or
@@ -110,8 +120,12 @@ class Settings:
         meter_calibrate: fit the estimate meter per engine and variant on the ledger's
             measured receipts when there are enough.
         server_host, server_port: where ``sprout serve`` listens.
-        server_api_key: bearer key clients of ``sprout serve`` must send ("" for none;
-            secret: kept out of ``repr``, never logged).
+        server_api_key: one bearer key clients of ``sprout serve`` may send, bound to no
+            tenant (the tenant header is taken as sent); "" for none. Secret: kept out of
+            ``repr``, never logged. ``server_keys_file`` binds keys to tenants instead.
+        server_keys_file: a TOML or JSON file of client keys, each bound to a tenant and
+            stored as its SHA-256 (see :mod:`sprout.server_keys`); "" for none. When either
+            this or ``server_api_key`` is set, clients must send a key.
         server_max_body_bytes: largest request body the proxy reads (larger: HTTP 413).
         server_tenant_header: request header naming the tenant recorded in the receipt.
         server_opt_out_header: request header that, when true, forces the baseline
@@ -173,7 +187,11 @@ class Settings:
     lifetime_years: float = SPROUT_LIFETIME_YEARS
     ledger_flush_interval_s: float = 0.5
     ledger_spool: str = ""
-    ledger_durability: str = "buffered"
+    ledger_durability: str = "durable"
+    ledger_checkpoint_key: str = field(default="", repr=False)
+    ledger_checkpoint_public_key: str = ""
+    ledger_checkpoint_dir: str = ""
+    ledger_checkpoint_cron: str = "0 * * * *"
     prompt_retention_days: float = 30.0
     engine: str = "replay"
     engine_base_url: str = ""
@@ -193,6 +211,7 @@ class Settings:
     server_host: str = "127.0.0.1"
     server_port: int = 8080
     server_api_key: str = field(default="", repr=False)
+    server_keys_file: str = ""
     server_max_body_bytes: int = 4 * 1024 * 1024
     server_tenant_header: str = "x-sprout-tenant"
     server_opt_out_header: str = "x-sprout-opt-out"
@@ -243,6 +262,11 @@ class Settings:
                 "ledger_durability",
                 self.ledger_durability in ("buffered", "durable"),
                 "must be 'buffered' or 'durable'",
+            ),
+            (
+                "ledger_checkpoint_cron",
+                len(self.ledger_checkpoint_cron.split()) == 5,
+                "must be a crontab line of 5 fields (minute hour day month day_of_week)",
             ),
             ("prompt_retention_days", self.prompt_retention_days >= 0, "must be >= 0"),
             (

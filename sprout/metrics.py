@@ -2,8 +2,8 @@
 
 The format is a few lines per sample (``# HELP``, ``# TYPE``, ``name{label="v"} value``),
 so a small thread-safe registry here saves a dependency. :class:`SproutMetrics` holds what
-the proxy exports: requests by directive, carbon and energy served, errors, and gauges read
-at scrape time (carbon intensity, signal age, ledger backlog).
+the proxy exports: requests by directive and by outcome, carbon and energy served, errors,
+and gauges read at scrape time (carbon intensity, signal age, ledger backlog).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+# How a request ended; a client gone while still sending its request is client_closed too.
+from sprout.receipt import OUTCOMES
 
 if TYPE_CHECKING:
     from sprout.carbon.signal import SignalReading
@@ -165,6 +168,13 @@ class SproutMetrics:
             "Requests answered, by directive and decision reason.",
             ("directive", "decision"),
         )
+        self.outcomes = r.counter(
+            "sprout_requests_outcome_total",
+            "Requests by how they ended: completed, client_closed, upstream_failed, guard_cut.",
+            ("outcome",),
+        )
+        for name in OUTCOMES:  # every series exists from the start, so rate() sees the first
+            self.outcomes.inc(0, outcome=name)
         self.errors = r.counter(
             "sprout_request_errors_total",
             "Requests refused or failed, by HTTP status and error code.",
@@ -242,7 +252,8 @@ class SproutMetrics:
         return self.controller.ledger.spooled()
 
     def observe(self, receipt: Receipt) -> None:
-        """Count one answered request."""
+        """Count one request that has a receipt (answered, or stopped after it started)."""
+        self.outcome(getattr(receipt, "outcome", "completed"))
         self.requests.inc(directive=receipt.directive, decision=receipt.decision)
         self.carbon.inc(max(0.0, receipt.total_g))
         saving = receipt.saving_g
@@ -251,6 +262,10 @@ class SproutMetrics:
         self.energy.inc(max(0.0, receipt.energy_kwh), source=receipt.energy_source)
         self.tokens.inc(receipt.input_tokens, kind="input")
         self.tokens.inc(receipt.output_tokens, kind="output")
+
+    def outcome(self, name: str) -> None:
+        """Count one request that ended as ``name`` (one of :data:`sprout.receipt.OUTCOMES`)."""
+        self.outcomes.inc(outcome=name)
 
     def error(self, status: int, code: str) -> None:
         """Count one refused or failed request."""

@@ -8,7 +8,16 @@ receipt — in ``x-sprout-*`` headers and a ``sprout`` field of the JSON body (w
 streaming: headers for what is known up front, the receipt in the final chunk).
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``,
-``GET /v1/models/{id}``, ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
+``GET /v1/models/{id}``, ``GET /healthz`` and ``GET /metrics`` (Prometheus text); their
+OpenAPI document (``/openapi.json``, :mod:`sprout.server_openapi`) states exactly what each
+accepts and answers.
+
+Clients authenticate with a bearer key of the keys file (``server_keys_file``,
+:mod:`sprout.server_keys`), which names the tenant their receipts are recorded under: the
+tenant header is honoured only for keys marked ``trusted_gateway`` (an ordinary key naming
+another tenant gets a 403), so a receipt's tenant cannot be forged. The single
+``server_api_key`` still works, bound to no tenant (the header is taken as sent), as does
+an open proxy with no key at all.
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: a bad
 request gets a 4xx naming the problem (never a 5xx), a failed upstream a 502. Engine
@@ -33,10 +42,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sprout.config import Settings
+from sprout.controller import StreamClosed
 from sprout.errors import ConfigError, EngineError, RequestError, UnknownPromptError
+from sprout.server_keys import TENANT_MAX_LENGTH, KeyRing, key_digest, valid_tenant
+from sprout.server_openapi import (
+    MAX_STOP_STRINGS,
+    MAX_TOKENS,
+    OPT_OUT_FALSE,
+    OPT_OUT_TRUE,
+    finish_openapi,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.requests import Request
 
     from sprout.chat import ChatRequest
     from sprout.controller import ChatResult, Controller
@@ -67,13 +86,11 @@ _HANDLED = frozenset(
         "user",
     }
 )
-#: Largest token cap accepted (a 32-bit count, as servers use).
-_MAX_TOKENS = 2**31 - 1
-_MAX_STOP_STRINGS = 16
-_MAX_HEADER_VALUE = 256
+_MAX_TOKENS = MAX_TOKENS
+_MAX_STOP_STRINGS = MAX_STOP_STRINGS
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
+_TRUE = frozenset(OPT_OUT_TRUE)
+_FALSE = frozenset(OPT_OUT_FALSE)
 #: How long an upstream model list is reused.
 _MODELS_TTL_S = 60.0
 
@@ -146,7 +163,29 @@ class ChatCall:
     ignored: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as its API key says.
+
+    Attributes:
+        tenant: the key's tenant (None: a key bound to no tenant, or an open proxy).
+        may_name_tenant: the tenant header is honoured (a trusted gateway's key, the
+            single ``server_api_key``, an open proxy).
+        key_id: the keys-file entry's id, or None.
+    """
+
+    tenant: str | None
+    may_name_tenant: bool
+    key_id: str | None = None
+
+
+_ANYONE = Caller(None, True)
+
+
 def _is_int(value: object) -> bool:
+    """An integer, as JSON Schema counts them: ``2`` or ``2.0``, never ``true``."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -235,6 +274,7 @@ def parse_chat_call(body: object, served: Sequence[str] | None = None) -> ChatCa
             continue
         if not _is_int(value) or not 1 <= value <= _MAX_TOKENS:
             raise _bad(f"'{name}' must be an integer in [1, {_MAX_TOKENS}]", name)
+        value = int(value)
         max_tokens = value if max_tokens is None else min(max_tokens, value)
 
     stream = body.get("stream")
@@ -274,13 +314,19 @@ def parse_chat_call(body: object, served: Sequence[str] | None = None) -> ChatCa
     n = body.get("n")
     if n is not None and (not _is_int(n) or n < 1):
         raise _bad("'n' must be an integer >= 1", "n")
-    # Fields that change what the answer is: refused rather than silently ignored.
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("'user' must be a string", "user", "invalid_type")
+    # Fields that change what the answer is: refused rather than silently ignored. Checked
+    # by type as well as value (``0 == False`` in Python, not in JSON).
+    top_logprobs = body.get("top_logprobs")
     unsupported = {
         "n": n is not None and n != 1,
         "tools": body.get("tools") not in (None, []),
         "functions": body.get("functions") not in (None, []),
-        "logprobs": body.get("logprobs") not in (None, False),
-        "top_logprobs": body.get("top_logprobs") not in (None, 0),
+        "logprobs": not (body.get("logprobs") is None or body.get("logprobs") is False),
+        "top_logprobs": top_logprobs is not None
+        and (not _is_number(top_logprobs) or top_logprobs != 0),
         "response_format": body.get("response_format") not in (None, {"type": "text"}),
     }
     for name, refused in unsupported.items():
@@ -480,12 +526,14 @@ class _Sink:
 
     def text(self, delta: str) -> None:
         if self.cancelled:
-            raise _ClientGone()
+            raise StreamClosed("the streaming client disconnected")
         self.put("text", delta)
 
 
-class _ClientGone(Exception):
-    """The streaming client disconnected; the generation is stopped."""
+async def _disconnected(request: "Request") -> None:
+    """Return once the client of ``request`` (whose body was read) disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(
@@ -516,6 +564,7 @@ def create_app(
     try:
         from fastapi import FastAPI, Request
         from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
         from starlette.responses import Response, StreamingResponse
     except ImportError as e:  # pragma: no cover - depends on the installed extras
         raise ConfigError(
@@ -536,6 +585,10 @@ def create_app(
     else:
         raise ConfigError(f"create_app: expected a Controller or Settings, got {source!r}")
     key = (settings.server_api_key if api_key is None else api_key).encode()
+    legacy_digest = key_digest(key) if key else None
+    keyring = KeyRing(settings.server_keys_file) if settings.server_keys_file else None
+    if keyring is not None:
+        log.info("keys file %s: %d key(s)", keyring.path, len(keyring.entries))
     upstream_key = settings.engine_api_key if upstream_api_key is None else upstream_api_key
     served = tuple(models) if models is not None else served_models(controller)
     max_body = settings.server_max_body_bytes
@@ -544,6 +597,8 @@ def create_app(
     executor = ThreadPoolExecutor(settings.server_threads, thread_name_prefix="sprout-engine")
     _widen_pool(controller, settings.server_threads)
     metrics = SproutMetrics(controller)
+    # Every receipt the controller writes, interrupted generations' too, reaches /metrics.
+    controller.add_listener(metrics.observe)
     models_cache: list[tuple[float, list[dict[str, Any]]]] = []
 
     @contextlib.asynccontextmanager
@@ -566,35 +621,54 @@ def create_app(
     app.state.controller = controller
     app.state.metrics = metrics
     app.state.executor = executor
+    app.state.keyring = keyring
 
-    def error_response(error: ApiError) -> Response:
+    def error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> Response:
         metrics.error(error.status, error.code or error.type)
-        headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
-        return Response(_dumps(error.body()), error.status, headers, media_type="application/json")
+        out = dict(headers or {})
+        if error.status == 401:
+            out["www-authenticate"] = "Bearer"
+        return Response(_dumps(error.body()), error.status, out, media_type="application/json")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(ApiError(exc.status_code, str(exc.detail), code=code))
+        # Starlette's headers kept: a 405 says which methods are allowed (``Allow``).
+        return error_response(ApiError(exc.status_code, str(exc.detail), code=code), exc.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error_response(_map_error(exc))
 
-    def authorize(request: Request) -> None:
-        if not key:
-            return
+    def authorize(request: Request) -> Caller:
+        if legacy_digest is None and keyring is None:
+            return _ANYONE
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # Constant-time, so the key cannot be guessed from response times; never logged.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), key
-        ):
-            raise ApiError(
-                401,
-                "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-                param=None,
-                code="invalid_api_key",
-            )
+        given = given.strip()
+        # Keys are compared as SHA-256 digests, in constant time (so response times tell
+        # nothing about them), against every key; a key is never logged.
+        digest = key_digest(given)
+        entry = keyring.match(digest) if keyring is not None else None
+        legacy = legacy_digest is not None and hmac.compare_digest(digest, legacy_digest)
+        if scheme.lower() == "bearer" and given:
+            if entry is not None and entry.revoked:
+                log.info("refused revoked API key %r (tenant %r)", entry.id, entry.tenant)
+                raise ApiError(
+                    401,
+                    f"This API key (id {entry.id!r}) has been revoked; ask the proxy's "
+                    "operator for a new one",
+                    code="revoked_api_key",
+                )
+            if entry is not None:
+                return Caller(entry.tenant, entry.trusted_gateway, entry.id)
+            if legacy:
+                return _ANYONE
+        raise ApiError(
+            401,
+            "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+            param=None,
+            code="invalid_api_key",
+        )
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -606,7 +680,7 @@ def create_app(
                     413, f"request body exceeds {max_body} bytes", code="request_too_large"
                 )
         body = bytearray()
-        async for chunk in request.stream():
+        async for chunk in request.stream():  # ClientDisconnect if the client leaves
             body += chunk
             if len(body) > max_body:  # a chunked body without (or lying about) its length
                 raise ApiError(
@@ -614,20 +688,32 @@ def create_app(
                 )
         return bytes(body)
 
-    def per_request(request: Request) -> tuple[str | None, bool]:
-        tenant = request.headers.get(tenant_header)
-        if tenant is not None and (
-            len(tenant) > _MAX_HEADER_VALUE or not tenant.isprintable() or not tenant.strip()
-        ):
-            raise _bad(
-                f"header {tenant_header}: expected up to {_MAX_HEADER_VALUE} printable characters",
-                tenant_header,
-                "invalid_header",
-            )
+    def per_request(request: Request, caller: Caller) -> tuple[str | None, bool]:
+        tenant = caller.tenant
+        sent = request.headers.get(tenant_header)
+        if sent is not None:
+            if not caller.may_name_tenant and sent.strip(" \t") != caller.tenant:
+                raise ApiError(
+                    403,
+                    f"header {tenant_header}: this API key (id {caller.key_id!r}) is bound to "
+                    f"tenant {caller.tenant!r} and may not name another; drop the header, or "
+                    "use a key marked trusted_gateway in the keys file",
+                    type="permission_error",
+                    param=tenant_header,
+                    code="tenant_header_not_allowed",
+                )
+            if not valid_tenant(sent):
+                raise _bad(
+                    f"header {tenant_header}: expected 1 to {TENANT_MAX_LENGTH} printable "
+                    "ASCII characters",
+                    tenant_header,
+                    "invalid_header",
+                )
+            tenant = sent.strip(" ")
         flag = request.headers.get(opt_out_header)
         opt_out = False
         if flag is not None:
-            value = flag.strip().lower()
+            value = flag.strip(" \t").lower()
             if value not in _TRUE | _FALSE:
                 raise _bad(
                     f"header {opt_out_header}: expected true or false",
@@ -635,19 +721,13 @@ def create_app(
                     "invalid_header",
                 )
             opt_out = value in _TRUE
-        return (tenant.strip() if tenant else None), opt_out
+        return tenant, opt_out
 
-    @app.post(
-        "/v1/chat/completions",
-        openapi_extra={"requestBody": _REQUEST_BODY},
-        responses=_RESPONSES,
-        summary="Create a chat completion (carbon-aware)",
-    )
+    @app.post("/v1/chat/completions", summary="Create a chat completion (carbon-aware)")
     async def chat_completions(request: Request) -> Response:
         metrics.in_flight.inc()
         try:
-            authorize(request)
-            tenant, opt_out = per_request(request)
+            tenant, opt_out = per_request(request, authorize(request))
             raw = await read_body(request)
             try:
                 body = json.loads(raw)
@@ -666,13 +746,12 @@ def create_app(
                 temperature=call.temperature,
             )
             if call.stream:
-                return await stream(call, run)
+                return await stream(request, call, run)
             loop = asyncio.get_running_loop()
             try:
                 result = await loop.run_in_executor(executor, run)
             except Exception as e:
                 raise _map_error(e) from None
-            metrics.observe(result.receipt)
             headers = receipt_headers(result.receipt)
             if call.ignored:
                 headers["x-sprout-ignored-params"] = _header_list(call.ignored)
@@ -680,10 +759,17 @@ def create_app(
             return Response(_dumps(payload), 200, headers, media_type="application/json")
         except ApiError as e:
             return error_response(e)
+        except ClientDisconnect:
+            # Gone while sending its request: nothing ran, no one to answer. Not an error.
+            metrics.outcome("client_closed")
+            log.info("client closed the connection while sending its request")
+            return Response(status_code=499)
         finally:
             metrics.in_flight.inc(-1)
 
-    async def stream(call: ChatCall, run: "functools.partial[ChatResult]") -> Response:
+    async def stream(
+        request: Request, call: ChatCall, run: "functools.partial[ChatResult]"
+    ) -> Response:
         loop = asyncio.get_running_loop()
         sink = _Sink(loop)
 
@@ -695,17 +781,29 @@ def create_app(
 
         executor.submit(produce)
         # Wait for the first text (or the end) before answering, so that a failure before
-        # any output still gets a proper status instead of a 200 with an error event.
+        # any output still gets a proper status instead of a 200 with an error event. A
+        # client that gives up meanwhile stops the generation at its first token.
         request_id, decision = "", None
         first: list[tuple[str, Any]] = []
-        while not first:
-            kind, value = await sink.queue.get()
-            if kind == "start":
-                request_id, decision = value
-            elif kind == "error":
-                raise _map_error(value)
-            else:
-                first.append((kind, value))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            while not first:
+                getter = asyncio.ensure_future(sink.queue.get())
+                await asyncio.wait((getter, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    sink.cancelled = True
+                    # Nothing to answer; the receipt is written when the engine stops.
+                    return Response(status_code=499)
+                kind, value = getter.result()
+                if kind == "start":
+                    request_id, decision = value
+                elif kind == "error":
+                    raise _map_error(value)
+                else:
+                    first.append((kind, value))
+        finally:
+            gone.cancel()
         created = int(time.time())
         model = call.model or (served[0] if served else "")
 
@@ -734,7 +832,6 @@ def create_app(
                         yield _sse(error.body())
                         break
                     result: ChatResult = value
-                    metrics.observe(result.receipt)
                     final = chunk({}, _finish_reason(result.generation.finish_reason))
                     final["model"] = result.generation.model
                     if call.include_usage:
@@ -815,6 +912,25 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    generate_openapi = app.openapi
+    documents: list[dict[str, Any]] = []
+
+    def openapi() -> dict[str, Any]:
+        if not documents:
+            documents.append(
+                finish_openapi(
+                    generate_openapi(),
+                    served=served,
+                    tenant_header=tenant_header,
+                    opt_out_header=opt_out_header,
+                    auth=legacy_digest is not None or keyring is not None,
+                    keys=keyring is not None,
+                    metrics_type=CONTENT_TYPE,
+                )
+            )
+        return documents[0]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -887,70 +1003,3 @@ def serve(settings: Settings, *, log_level: str = "warning") -> None:
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )
-
-
-_MESSAGE_SCHEMA = {
-    "type": "object",
-    "required": ["role", "content"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "user", "assistant", "tool", "developer"]},
-        "content": {
-            "oneOf": [
-                {"type": "string"},
-                {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "text"],
-                        "properties": {
-                            "type": {"type": "string", "enum": ["text"]},
-                            "text": {"type": "string"},
-                        },
-                    },
-                },
-            ]
-        },
-    },
-}
-_REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["messages"],
-                "properties": {
-                    "model": {"type": "string"},
-                    "messages": {"type": "array", "minItems": 1, "items": _MESSAGE_SCHEMA},
-                    "max_tokens": {"type": "integer", "minimum": 1},
-                    "max_completion_tokens": {"type": "integer", "minimum": 1},
-                    "stream": {"type": "boolean"},
-                    "stream_options": {
-                        "type": "object",
-                        "properties": {"include_usage": {"type": "boolean"}},
-                    },
-                    "stop": {
-                        "oneOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "string"}, "maxItems": 16},
-                        ]
-                    },
-                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                    "n": {"type": "integer", "enum": [1]},
-                },
-            }
-        }
-    },
-}
-_ERROR = {"description": "OpenAI-style error: {error: {message, type, param, code}}"}
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "A chat completion with its carbon receipt in `sprout` and "
-        "x-sprout-* headers (or server-sent events, the receipt in the final chunk)"
-    },
-    400: _ERROR,
-    401: _ERROR,
-    404: _ERROR,
-    413: _ERROR,
-    502: _ERROR,
-}
