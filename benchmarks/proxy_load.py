@@ -17,10 +17,12 @@ be the bottleneck).
 3. Receipts: the proxy is stopped (SIGINT: it flushes its ledger) and the receipts in its
    SQLite file are counted; they must equal the requests it answered.
 
-All three run twice in one invocation, against the same upstream: with the default ledger
+Two proxies run in one invocation, against the same upstream: one with the default ledger
 durability (``durable``: each receipt synced to the journal, by group commit, before the
-answer is released) and with ``buffered``; the ratio of their p50 overheads is printed
-(target: at most 1.5).
+answer is released) and one with ``buffered``. The overhead phase interleaves the upstream
+and both proxies request by request (in rotating order, so that a slower spell of the
+machine hits all three alike); the load phase runs against each in turn. The ratio of their
+p50 overheads is printed (target: at most 1.5).
 
     python benchmarks/proxy_load.py [--seconds 30] [--concurrency 200] [--pairs 2000]
 """
@@ -149,32 +151,42 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def _paired(upstream: int, proxy: int, pairs: int) -> tuple[list[float], list[float], int]:
-    direct, proxied = Connection(upstream), Connection(proxy)
+async def _paired(
+    upstream: int, proxies: dict[str, int], pairs: int
+) -> tuple[list[float], dict[str, list[float]], dict[str, int]]:
+    """One request at a time, to the upstream directly and through each proxy in turn.
+
+    Each round sends one request down every path, in an order that rotates from round to
+    round, so that no path always follows another and the paths share the machine's state
+    (a slower spell hits them all alike).
+    """
+    direct = Connection(upstream)
+    conns = {name: Connection(port) for name, port in proxies.items()}
+    paths: list[tuple[str | None, Connection]] = [(None, direct), *conns.items()]
     direct_s: list[float] = []
-    proxied_s: list[float] = []
-    answered = 0
+    proxied_s: dict[str, list[float]] = {name: [] for name in proxies}
+    answered = dict.fromkeys(proxies, 0)
     clock = time.perf_counter
-    for _ in range(300):  # warm both paths
-        await direct.post()
-        status, _ = await proxied.post()
-        answered += status == 200
+    for _ in range(300):  # warm every path
+        for name, conn in paths:
+            status, _ = await conn.post()
+            if name is not None:
+                answered[name] += status == 200
     for i in range(pairs):
-        # Alternate which goes first, so neither always follows the other.
-        order = (direct, proxied) if i % 2 else (proxied, direct)
-        for conn in order:
+        shift = i % len(paths)
+        for name, conn in paths[shift:] + paths[:shift]:
             t0 = clock()
             status, _ = await conn.post()
             elapsed = clock() - t0
-            if conn is direct:
+            if name is None:
                 direct_s.append(elapsed)
-            else:
-                proxied_s.append(elapsed)
-                answered += status == 200
-                if status != 200:
-                    raise RuntimeError(f"proxy answered {status} in the overhead phase")
-    direct.close()
-    proxied.close()
+                continue
+            proxied_s[name].append(elapsed)
+            answered[name] += status == 200
+            if status != 200:
+                raise RuntimeError(f"proxy ({name}) answered {status} in the overhead phase")
+    for _, conn in paths:
+        conn.close()
     return direct_s, proxied_s, answered
 
 
@@ -237,10 +249,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout_s: float = 60
     raise RuntimeError(f"nothing listening on port {port} after {timeout_s} s")
 
 
-def _measure(
+def _start_proxy(
     args: argparse.Namespace, upstream_port: int, durability: str, tmp: str
-) -> dict[str, object]:
-    """Start ``sprout serve`` with ``durability``, run both phases, stop it, count receipts."""
+) -> tuple[subprocess.Popen[str], int, Path]:
+    """``sprout serve`` with ``durability`` in front of the upstream: (process, port, db)."""
     db = Path(tmp) / f"proxy-ledger-{durability}.db"
     proxy_port = _free_port()
     env = {
@@ -252,7 +264,7 @@ def _measure(
         "SPROUT_LEDGER_DURABILITY": durability,
     }
     sprout = Path(sys.executable).with_name("sprout")
-    proxy: subprocess.Popen[str] | None = subprocess.Popen(
+    proxy = subprocess.Popen(
         [
             str(sprout),
             "serve",
@@ -271,46 +283,66 @@ def _measure(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _wait_for_port(proxy_port, proxy)
+    return proxy, proxy_port, db
+
+
+def _stop(proxy: subprocess.Popen[str]) -> None:
+    """Stop a proxy gracefully (SIGINT: it flushes its ledger)."""
+    proxy.send_signal(signal.SIGINT)
+    out, _ = proxy.communicate(timeout=120)
+    if proxy.returncode not in (0, -signal.SIGINT):
+        print(out, file=sys.stderr)
+
+
+def _measure_all(args: argparse.Namespace, upstream_port: int, tmp: str) -> dict[str, dict]:
+    """Both durability modes: overhead interleaved, then load one after the other."""
+    started: dict[str, tuple[subprocess.Popen[str], int, Path]] = {}
     try:
-        assert proxy is not None
-        _wait_for_port(proxy_port, proxy)
+        for mode in MODES:
+            started[mode] = _start_proxy(args, upstream_port, mode, tmp)
+        ports = {mode: port for mode, (_, port, _) in started.items()}
         direct_s, proxied_s, paired_answered = asyncio.run(
-            _paired(upstream_port, proxy_port, args.pairs)
+            _paired(upstream_port, ports, args.pairs)
         )
-        load = asyncio.run(_load(proxy_port, args.concurrency, args.seconds))
-        proxy.send_signal(signal.SIGINT)  # graceful: the ledger is flushed on shutdown
-        out, _ = proxy.communicate(timeout=120)
-        if proxy.returncode not in (0, -signal.SIGINT):
-            print(out, file=sys.stderr)
-        proxy = None
+        loads = {}
+        for mode in MODES:
+            loads[mode] = asyncio.run(_load(ports[mode], args.concurrency, args.seconds))
+        for mode in MODES:
+            _stop(started[mode][0])
     finally:
-        if proxy is not None and proxy.poll() is None:
-            proxy.kill()
-            proxy.wait(timeout=10)
-    with sqlite3.connect(db) as conn:
-        receipts = conn.execute("select count(*) from receipts").fetchone()[0]
-    latencies: list[float] = load["latencies"]  # type: ignore[assignment]
-    errors: dict[str, int] = load["errors"]  # type: ignore[assignment]
-    requests = len(latencies) + sum(v for k, v in errors.items() if not k.startswith("HTTP"))
+        for proc, _, _ in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
     direct_p50, direct_p99 = percentile(direct_s, 50) * 1e3, percentile(direct_s, 99) * 1e3
-    proxied_p50, proxied_p99 = percentile(proxied_s, 50) * 1e3, percentile(proxied_s, 99) * 1e3
-    elapsed = float(load["elapsed_s"])  # type: ignore[arg-type]
-    return {
-        "durability": durability,
-        "direct_p50_ms": direct_p50,
-        "direct_p99_ms": direct_p99,
-        "proxied_p50_ms": proxied_p50,
-        "proxied_p99_ms": proxied_p99,
-        "overhead_p50_ms": proxied_p50 - direct_p50,
-        "overhead_p99_ms": proxied_p99 - direct_p99,
-        "pairwise": [p - d for p, d in zip(proxied_s, direct_s, strict=True)],
-        "latencies": latencies,
-        "errors": errors,
-        "requests": requests + paired_answered,
-        "answered": paired_answered + int(load["answered"]),  # type: ignore[call-overload]
-        "receipts": receipts,
-        "elapsed_s": elapsed,
-    }
+    runs: dict[str, dict] = {}
+    for mode in MODES:
+        with sqlite3.connect(started[mode][2]) as conn:
+            receipts = conn.execute("select count(*) from receipts").fetchone()[0]
+        load = loads[mode]
+        latencies: list[float] = load["latencies"]  # type: ignore[assignment]
+        errors: dict[str, int] = load["errors"]  # type: ignore[assignment]
+        requests = len(latencies) + sum(v for k, v in errors.items() if not k.startswith("HTTP"))
+        proxied = proxied_s[mode]
+        proxied_p50, proxied_p99 = percentile(proxied, 50) * 1e3, percentile(proxied, 99) * 1e3
+        runs[mode] = {
+            "durability": mode,
+            "direct_p50_ms": direct_p50,
+            "direct_p99_ms": direct_p99,
+            "proxied_p50_ms": proxied_p50,
+            "proxied_p99_ms": proxied_p99,
+            "overhead_p50_ms": proxied_p50 - direct_p50,
+            "overhead_p99_ms": proxied_p99 - direct_p99,
+            "pairwise": [p - d for p, d in zip(proxied, direct_s, strict=True)],
+            "latencies": latencies,
+            "errors": errors,
+            "requests": requests + paired_answered[mode],
+            "answered": paired_answered[mode] + int(load["answered"]),  # type: ignore[call-overload]
+            "receipts": receipts,
+            "elapsed_s": float(load["elapsed_s"]),  # type: ignore[arg-type]
+        }
+    return runs
 
 
 def _report(args: argparse.Namespace, m: dict[str, object]) -> None:
@@ -372,8 +404,7 @@ def main() -> None:
         try:
             assert upstream.stdout is not None
             upstream_port = int(upstream.stdout.readline().split()[1])
-            # The default (durable) first, then buffered, against the same upstream.
-            runs = {mode: _measure(args, upstream_port, mode, tmp) for mode in MODES}
+            runs = _measure_all(args, upstream_port, tmp)
         finally:
             if upstream.poll() is None:
                 upstream.kill()
