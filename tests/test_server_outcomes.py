@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-import threading
 import types
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -22,6 +19,7 @@ from sprout.metrics import SproutMetrics
 
 pytest.importorskip("fastapi")
 from starlette.testclient import TestClient
+from test_server import running
 
 from sprout.server import create_app
 
@@ -135,26 +133,10 @@ def test_a_client_gone_mid_upload_is_client_closed_not_a_500_asgi(controller, ca
     _assert_client_closed_quietly(app.state.metrics.render(), caplog)
 
 
-@contextlib.contextmanager
-def _running(app) -> Iterator[int]:
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: server.started, timeout_s=10)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_a_client_gone_mid_upload_is_client_closed_not_a_500_uvicorn(controller, caplog):
     caplog.set_level(logging.INFO, logger="sprout.server")
-    with _running(create_app(controller, settings=load_settings(env={}))) as port:
+    with running(create_app(controller, settings=load_settings(env={}))) as base:
+        port = int(base.rsplit(":", 1)[1].split("/", 1)[0])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, and_, func, select
 
 from sprout.errors import ConfigError, LedgerError
 from sprout.ledger.chain import GENESIS_HASH, canonical_datetime
@@ -44,12 +44,12 @@ from sprout.ledger.checkpoint import (
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
 from sprout.ledger.schema import receipt_rollups_table, receipts_table
 from sprout.ledger.verify import (
-    _CONTENT_FIELDS,
     _READERS,
     Problem,
     VerifyResult,
     _describe,
     _heads,
+    _stream,
 )
 
 if TYPE_CHECKING:
@@ -133,20 +133,7 @@ def _rows(conn: Any, chain_id: str, after: int, upto: int) -> Iterator[Any]:
     """Rows ``after < seq <= upto`` of a chain, laid out as :mod:`sprout.ledger.verify`
     streams them (so that its row readers apply)."""
     t = receipts_table
-    stmt = (
-        select(
-            t.c.id,
-            t.c.chain_id,
-            t.c.seq,
-            t.c.prev_hash,
-            t.c.hash,
-            t.c.hash_version,
-            *(t.c[n] for n in _CONTENT_FIELDS),
-        )
-        .where(t.c.chain_id == chain_id, t.c.seq > after, t.c.seq <= upto)
-        .order_by(t.c.seq, t.c.id)
-    )
-    yield from conn.execution_options(yield_per=_FETCH_ROWS).execute(stmt)
+    yield from _stream(conn, and_(t.c.chain_id == chain_id, t.c.seq > after, t.c.seq <= upto))
 
 
 def _rollup_totals(conn: Any) -> tuple[float, ...]:

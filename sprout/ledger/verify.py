@@ -254,9 +254,10 @@ class _RowReader:
 _READERS: dict[int, _RowReader] = {n: _RowReader(enc) for n, enc in ENCODINGS.items()}
 
 
-def _stream(conn: Any) -> Iterator[Any]:
+def _row_select() -> Any:
+    """The SELECT of receipt rows laid out as :class:`_RowReader` reads them."""
     t = receipts_table
-    stmt = select(
+    return select(
         t.c.id,
         t.c.chain_id,
         t.c.seq,
@@ -264,7 +265,16 @@ def _stream(conn: Any) -> Iterator[Any]:
         t.c.hash,
         t.c.hash_version,
         *(t.c[n] for n in _CONTENT_FIELDS),
-    ).order_by(t.c.chain_id, t.c.seq, t.c.id)
+    )
+
+
+def _stream(conn: Any, where: Any = None) -> Iterator[Any]:
+    """Receipt rows (all, or those matching ``where``) by chain and position, streamed."""
+    t = receipts_table
+    stmt = _row_select()
+    if where is not None:
+        stmt = stmt.where(where)
+    stmt = stmt.order_by(t.c.chain_id, t.c.seq, t.c.id)
     yield from conn.execution_options(yield_per=_FETCH_ROWS).execute(stmt)
 
 
