@@ -14,6 +14,12 @@ is timed for Sprout's LP policy for comparison.
 The machine is small and shared, so requests are timed in rounds and the figure reported is
 the median of the rounds' p99 (the worst round is printed too). Target: p99 < 200 µs.
 
+Baseline, in the same run: the bare featurisation of the same prompts (the model's
+``features.vector``: tokenising, the vocabulary look-up, tf-idf and the shape features),
+timed the same way. It is the least any text-based policy pays per request; the ratio of the
+decision's p99 to it says what the rest (the carbon window, the model's scores, the
+assignment, the lock) adds.
+
     python benchmarks/decision_overhead.py [--requests 5000] [--rounds 5] [--per-hour 1000]
 
 The last line is ``BENCH {"decision_p99_us": .., ...}``.
@@ -79,6 +85,26 @@ def _time(controller: Any, prompts: list[str], requests: int, rounds: int, per_h
     return round_p99, samples
 
 
+def _time_featurisation(model: Any, prompts: list[str], requests: int, rounds: int) -> Any:
+    """Per round, the p99 of ``requests`` bare featurisations (µs); and all samples."""
+    vector = model.features.vector
+    clock = time.perf_counter
+    round_p99: list[float] = []
+    samples: list[float] = []
+    i = 0
+    for _ in range(rounds):
+        times = []
+        for _ in range(requests):
+            prompt = prompts[i % len(prompts)]
+            t0 = clock()
+            vector(prompt)
+            times.append(clock() - t0)
+            i += 1
+        round_p99.append(percentile(times, 99) * 1e6)
+        samples.extend(times)
+    return round_p99, samples
+
+
 def main() -> None:
     """Train, store, load, time; print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,6 +153,10 @@ def main() -> None:
 
     n = args.requests * args.rounds
     model = result.model
+    _time_featurisation(model, prompts, 500, 1)  # warm
+    gc.collect()
+    feat_round_p99, feat_samples = _time_featurisation(model, prompts, args.requests, args.rounds)
+    feat_p50, feat_p99 = percentile(feat_samples, 50) * 1e6, statistics.median(feat_round_p99)
     print(
         f"model: {model.features.n_terms} terms, version {result.version} stored and loaded "
         f"back (train {train_s:.1f} s); {n} decisions per policy, intensity changing every "
@@ -139,6 +169,16 @@ def main() -> None:
             f"(rounds: {rounds}; max {fig['max_us']:.0f} us; load {fig['load_s'] * 1e3:.0f} ms)"
         )
     ctx = figures["contextual"]
+    rounds = "  ".join(f"{v:.0f}" for v in feat_round_p99)
+    print(
+        f"  {'featurise':10s} bare      p50 {feat_p50:7.1f} us   p99 {feat_p99:7.1f} us "
+        f"(rounds: {rounds}; baseline: the model's features.vector alone)"
+    )
+    ratio = ctx["p99_us"] / feat_p99
+    print(
+        f"contextual decision / bare featurisation: p50 {ctx['p50_us'] / feat_p50:.2f}x, "
+        f"p99 {ratio:.2f}x"
+    )
     print(f"target: contextual p99 < {TARGET_P99_US:.0f} us")
     emit(
         {
@@ -146,6 +186,10 @@ def main() -> None:
             "decision_p50_us": round(ctx["p50_us"], 1),
             "decision_worst_round_p99_us": round(ctx["worst_round_p99_us"], 1),
             "lp_decision_p99_us": round(figures["lp"]["p99_us"], 1),
+            "featurise_p50_us": round(feat_p50, 1),
+            "featurise_p99_us": round(feat_p99, 1),
+            "decision_vs_featurise_p99_ratio": round(ratio, 2),
+            "decision_vs_featurise_p50_ratio": round(ctx["p50_us"] / feat_p50, 2),
             "requests": n,
             "target_p99_us": TARGET_P99_US,
         }
