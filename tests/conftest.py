@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import pytest
 
 from sprout.data import load_workload
+
+# LiteLLM fetches its model price map from the network when imported unless told to use
+# the copy it ships; set before anything imports it (subprocesses inherit it).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
-"""The LiteLLM adapter, driven the way LiteLLM's proxy drives a ``CustomLogger``.
+"""The LiteLLM adapter's hooks, driven one by one the way LiteLLM's proxy drives them.
 
-LiteLLM is not installed here (it is large and reads its model price list from the network
-on import), so a stand-in ``litellm.integrations.custom_logger.CustomLogger`` with the
-documented interface is put in ``sys.modules``; the adapter must subclass it (LiteLLM
-finds callbacks by ``isinstance``). Each test then plays the proxy's order of calls:
-``async_pre_call_hook``, the model call (to a fake OpenAI-compatible server on
-127.0.0.1), then the success or failure hooks and log events.
+A stand-in ``litellm.integrations.custom_logger.CustomLogger`` with the documented
+interface is put in ``sys.modules``, so that these tests pin the adapter's own logic, with
+or without LiteLLM; the adapter must subclass it (LiteLLM finds callbacks by
+``isinstance``). Each test then plays the proxy's order of calls: ``async_pre_call_hook``,
+the model call (to a fake OpenAI-compatible server on 127.0.0.1), then the success or
+failure hooks and log events. The real LiteLLM (SDK and proxy) drives the adapter in
+``test_litellm_real.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import requests
 from fake_openai_server import FakeOpenAIServer
 
+import sprout.integrations
 from sprout.config import load_settings
 from sprout.directives import Directive, DirectiveSet
 from sprout.errors import EngineError
@@ -59,10 +61,14 @@ def adapter(monkeypatch):
     monkeypatch.setitem(sys.modules, "litellm", package)
     monkeypatch.setitem(sys.modules, "litellm.integrations", integrations)
     monkeypatch.setitem(sys.modules, "litellm.integrations.custom_logger", custom_logger)
+    # Set aside the adapter imported against the real LiteLLM (monkeypatch puts it back).
     monkeypatch.delitem(sys.modules, "sprout.integrations.litellm", raising=False)
+    monkeypatch.delattr(sprout.integrations, "litellm", raising=False)
     module = importlib.import_module("sprout.integrations.litellm")
     yield module
     sys.modules.pop("sprout.integrations.litellm", None)
+    if getattr(sprout.integrations, "litellm", None) is module:
+        delattr(sprout.integrations, "litellm")
 
 
 @pytest.fixture
@@ -214,13 +220,3 @@ def test_forgotten_requests_are_bounded(adapter, controller):
     for _ in range(5):
         hook.apply({"messages": ASK})
     assert len(hook._pending) == 3
-
-
-def test_against_the_real_litellm_when_installed(monkeypatch):
-    litellm = pytest.importorskip("litellm", reason="LiteLLM is not installed")
-    from litellm.integrations.custom_logger import CustomLogger
-
-    sys.modules.pop("sprout.integrations.litellm", None)
-    module = importlib.import_module("sprout.integrations.litellm")
-    assert issubclass(module.SproutLiteLLM, CustomLogger)
-    assert litellm is not None
