@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,18 @@ from sqlalchemy.pool import StaticPool
 from sprout.data import migrations_dir
 from sprout.errors import LedgerError
 
+try:  # POSIX: processes migrating one SQLite file take turns through flock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: BEGIN IMMEDIATE and the busy timeout only
+    fcntl = None  # type: ignore[assignment]
+
 #: How long SQLite waits on a locked database, and PostgreSQL on a connection attempt.
 SQLITE_BUSY_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10
 #: pg_advisory_xact_lock key that serializes replicas migrating one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x5350_524F_5554  # "SPROUT"
+#: Longest a process waits for another one's migration of the same SQLite file.
+SQLITE_MIGRATION_WAIT_S = 300.0
 
 #: Errors converted into LedgerError at this edge (ImportError: a missing DB driver).
 DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -240,13 +248,9 @@ def upgrade(db_url: str, revision: str = "head", *, engine: Engine | None = None
     _prepare_sqlite_dir(db_url)
     with _engine_for(db_url, engine) as eng, ledger_errors(db_url, f"migrating to {revision}"):
         cfg = alembic_config(db_url)
-        # One transaction: on PostgreSQL the advisory lock makes concurrently starting
-        # replicas migrate one after the other (the later ones then find nothing to do).
-        with eng.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
-                )
+        # One transaction, one migrator at a time: concurrently starting replicas or workers
+        # migrate one after the other (the later ones then find nothing to do).
+        with _migration_turn(db_url), _write_begin(eng) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
 
@@ -259,19 +263,61 @@ def downgrade(db_url: str, revision: str, *, engine: Engine | None = None) -> No
     """
     with _engine_for(db_url, engine) as eng, ledger_errors(db_url, f"downgrading to {revision}"):
         cfg = alembic_config(db_url)
-        with eng.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
-                )
+        with _migration_turn(db_url), _write_begin(eng) as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, revision)
+
+
+@contextlib.contextmanager
+def _migration_turn(db_url: str) -> Iterator[None]:
+    """Hold the migration turn of a SQLite file: an exclusive ``flock`` on
+    ``<db>.migrate.lock``, waited for up to :data:`SQLITE_MIGRATION_WAIT_S` (a migration of a
+    big ledger can outlast SQLite's busy timeout). Other databases: nothing (PostgreSQL
+    serialises on an advisory lock inside the migration's transaction)."""
+    path = sqlite_file(db_url)
+    if path is None or fcntl is None:
+        yield
+        return
+    lock = path.with_name(f"{path.name}.migrate.lock")
+    with open(lock, "a+b") as fh:
+        deadline = time.monotonic() + SQLITE_MIGRATION_WAIT_S
+        pause = 0.01
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LedgerError(
+                        f"ledger {mask_url(db_url)}: another process has been migrating the "
+                        f"schema for over {SQLITE_MIGRATION_WAIT_S:.0f} s (lock {lock})"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.25)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _write_begin(engine: Engine) -> Iterator[Any]:
+    """A transaction that holds the database's write lock from its start: SQLite ``BEGIN
+    IMMEDIATE`` (a read-then-write transaction would fail, not wait, when another process
+    wrote meanwhile), PostgreSQL the migration advisory lock."""
+    with engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        yield conn
 
 
 def ensure_schema(db_url: str, *, engine: Engine | None = None) -> None:
     """Bring the database to the latest revision, doing nothing when it already is there.
 
     The check reads one row (``alembic_version``), so it is cheap enough for every start.
+    Processes that migrate one database at once (replicas, proxy workers) take turns and
+    the later ones find nothing to do: an advisory lock on PostgreSQL, a file lock and a
+    ``BEGIN IMMEDIATE`` transaction on SQLite.
 
     Raises:
         LedgerError: the database is unreachable, at a revision this version of Sprout does
@@ -301,6 +347,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "SQLITE_BEGIN_OPTION",
     "SQLITE_BUSY_TIMEOUT_S",
+    "SQLITE_MIGRATION_WAIT_S",
     "alembic_config",
     "create_ledger_engine",
     "current_revision",

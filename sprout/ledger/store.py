@@ -456,9 +456,18 @@ class _Journal:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked before it takes the journal's name: a ledger starting beside this one (another
+        # worker) adopts unlocked journals, and must not take this one between create and lock.
+        opening = path.with_name(path.name.replace(".journal-", ".opening-"))
+        self._fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(opening, path)
+        except BaseException:
+            os.close(self._fd)
+            opening.unlink(missing_ok=True)
+            raise
         self._base = 0
         self._size = 0
         self._synced = 0  # logical offset up to which the journal is on disk
