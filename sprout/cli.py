@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "sprout.server_cli",
     "sprout.judge.cli",
     "sprout.policy.cli",
+    "sprout.dashboard.cli",
 )
 
 

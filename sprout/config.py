@@ -9,13 +9,15 @@ variable is ``SPROUT_`` plus the upper-cased field name, e.g. ``SPROUT_DB_URL``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from sprout.accounting import SPROUT_EMBODIED_G, SPROUT_LIFETIME_YEARS
 from sprout.errors import ConfigError
@@ -78,6 +80,13 @@ class Settings:
             (crontab, UTC: minute hour day month day_of_week).
         embodied_g: embodied carbon of the server, gCO2e.
         lifetime_years: the server lifetime that carbon is amortised over.
+        pue: the data centre's power usage effectiveness (total energy over IT energy,
+            >= 1.0); ``sprout ledger report --sci`` scales the metered energy by it.
+        market_ci_g_per_kwh: a contractual emission factor in gCO2e/kWh (a PPA, a supplier
+            or residual mix) for market-based SCI beside the location-based one (None:
+            none; market-based figures are not reported).
+        market_ci_source: what that factor is (free text, e.g. "PPA 2026 residual mix"),
+            stated beside every market-based figure; required with the factor.
         ledger_flush_interval_s: how often buffered receipts are committed.
         ledger_spool: file receipts go to while the database is unreachable ("" for
             ``<db>.spool.jsonl`` beside a SQLite file, else ``sprout-ledger.spool.jsonl``).
@@ -131,6 +140,10 @@ class Settings:
         server_opt_out_header: request header that, when true, forces the baseline
             directive (recorded as ``opt-out``).
         server_threads: worker threads the proxy runs engine calls on (its concurrency).
+        server_workers: proxy processes serving one port (``sprout serve --workers``), each
+            with its own controller, hash chain and metrics, all writing the one ledger.
+        server_dashboard: also serve the read-only ledger dashboard at ``/dashboard``
+            (:mod:`sprout.dashboard`; like ``/metrics``, not behind the client keys).
         judge_sample_share: share of served requests the quality loop samples and judges
             (0: off; prompts are stored only for sampled requests).
         judge_opt_out_tenants: tenants never sampled, comma-separated.
@@ -151,6 +164,11 @@ class Settings:
         judge_quality_floor: normalized preference below which the optimizer is moved back
             toward the baseline (0: ``1 - xi``, the optimizer's own promise).
         judge_min_verdicts: effective verdicts needed before the floor is enforced.
+        otel_enabled: record every receipt as an OpenTelemetry span and metrics on the
+            global tracer and meter providers (needs the ``otel`` extra; see
+            :mod:`sprout.otel`).
+        otel_metrics_tenant: add the tenant to the OpenTelemetry metrics' attributes (one
+            series per tenant; spans always carry it).
     """
 
     db_url: str = ""
@@ -185,6 +203,9 @@ class Settings:
     retrain_cron: str = "0 3 * * *"
     embodied_g: float = SPROUT_EMBODIED_G
     lifetime_years: float = SPROUT_LIFETIME_YEARS
+    pue: float = 1.0
+    market_ci_g_per_kwh: float | None = None
+    market_ci_source: str = ""
     ledger_flush_interval_s: float = 0.5
     ledger_spool: str = ""
     ledger_durability: str = "durable"
@@ -216,6 +237,8 @@ class Settings:
     server_tenant_header: str = "x-sprout-tenant"
     server_opt_out_header: str = "x-sprout-opt-out"
     server_threads: int = 256
+    server_workers: int = 1
+    server_dashboard: bool = False
     judge_sample_share: float = 0.0
     judge_opt_out_tenants: str = ""
     judge_engine: str = "replay"
@@ -232,6 +255,8 @@ class Settings:
     judge_prior_weight: float = 100.0
     judge_quality_floor: float = 0.0
     judge_min_verdicts: float = 50.0
+    otel_enabled: bool = False
+    otel_metrics_tenant: bool = False
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -257,6 +282,24 @@ class Settings:
             ("signal_max_age_s", self.signal_max_age_s >= 0, "must be >= 0"),
             ("embodied_g", self.embodied_g >= 0, "must be >= 0"),
             ("lifetime_years", self.lifetime_years > 0, "must be > 0"),
+            (
+                "pue",
+                math.isfinite(self.pue) and self.pue >= 1.0,
+                "must be a finite number >= 1.0 (power usage effectiveness: the data centre's "
+                "total energy over its IT energy; 1.0 adds no overhead)",
+            ),
+            (
+                "market_ci_g_per_kwh",
+                self.market_ci_g_per_kwh is None
+                or (math.isfinite(self.market_ci_g_per_kwh) and self.market_ci_g_per_kwh >= 0),
+                "must be a finite number >= 0 gCO2e/kWh (a contractual emission factor)",
+            ),
+            (
+                "market_ci_source",
+                self.market_ci_g_per_kwh is None or self.market_ci_source.strip() != "",
+                "must say what market_ci_g_per_kwh is (e.g. 'PPA 2026 residual mix'): "
+                "market-based figures are stated with their source",
+            ),
             ("ledger_flush_interval_s", self.ledger_flush_interval_s > 0, "must be > 0"),
             (
                 "ledger_durability",
@@ -304,6 +347,7 @@ class Settings:
             ("server_port", 0 <= self.server_port <= 65535, "must lie in [0, 65535]"),
             ("server_max_body_bytes", self.server_max_body_bytes >= 1024, "must be >= 1024"),
             ("server_threads", 1 <= self.server_threads <= 4096, "must lie in [1, 4096]"),
+            ("server_workers", 1 <= self.server_workers <= 256, "must lie in [1, 256]"),
             ("judge_sample_share", 0.0 <= self.judge_sample_share <= 1.0, "must lie in [0, 1]"),
             (
                 "judge_engine",
@@ -352,7 +396,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(name: str, kind: type, value: Any, origin: str) -> Any:
+def _coerce(name: str, kind: Any, value: Any, origin: str) -> Any:
+    if isinstance(kind, types.UnionType):  # an optional setting (float | None): its type
+        kind = next(k for k in get_args(kind) if k is not type(None))
     try:
         if kind is bool:
             if isinstance(value, str):

@@ -9,6 +9,7 @@ the signal falls back, the policy falls back to the baseline directive, the ledg
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import queue
 import random
@@ -665,9 +666,11 @@ class Controller:
         """
         parse_messages(messages)  # malformed requests fail here, not mid-iteration
         stream = ChatStream()
+        # The caller's context (its current trace span...) goes along, as asyncio.to_thread's.
+        context = contextvars.copy_context()
         worker = threading.Thread(
-            target=stream._produce,
-            args=(lambda: self.chat(messages, stream=stream, **options),),
+            target=context.run,
+            args=(stream._produce, lambda: self.chat(messages, stream=stream, **options)),
             name="sprout-chat-stream",
             daemon=True,  # bounded by the engine's own timeouts
         )

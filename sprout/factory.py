@@ -157,20 +157,26 @@ def bundled_level_stats(directives: DirectiveSet) -> LevelStats:
 
 
 def lp_policy_version(ledger: Ledger, stats: LevelStats, xi: float) -> int:
-    """Id of the stored LP policy version matching ``stats`` and ``xi``, storing it if new."""
+    """Id of the stored LP policy version matching ``stats`` and ``xi``, storing it if new.
+
+    Processes starting together on one ledger (proxy workers, replicas) take turns under a
+    job lock, so that they store one version between them rather than one each.
+    """
+    from sprout.ledger.locks import job_lock
     from sprout.ledger.store import params_sha256
 
     params = {"stats": stats.as_dict(), "xi": xi}
-    latest = ledger.latest_policy_version(LP_KIND)
-    # Compare hashes: stored params come back JSON-normalised (tuples as lists).
-    if latest is not None and latest.sha256 == params_sha256(params):
-        return latest.id
-    return ledger.save_policy_version(
-        LP_KIND,
-        params,
-        {"n_energy": stats.n_energy, "n_judged": stats.n_judged},
-        note="level statistics from the bundled recordings",
-    )
+    with job_lock(ledger.engine, "lp-policy-version", wait_s=30.0):
+        latest = ledger.latest_policy_version(LP_KIND)
+        # Compare hashes: stored params come back JSON-normalised (tuples as lists).
+        if latest is not None and latest.sha256 == params_sha256(params):
+            return latest.id
+        return ledger.save_policy_version(
+            LP_KIND,
+            params,
+            {"n_energy": stats.n_energy, "n_judged": stats.n_judged},
+            note="level statistics from the bundled recordings",
+        )
 
 
 def contextual_policy(
@@ -411,6 +417,11 @@ def build_controller(
     from sprout.controller import Controller
     from sprout.policy.sprout_lp import SproutLPPolicy
 
+    telemetry = None
+    if settings.otel_enabled:  # first: a missing otel extra fails before anything is opened
+        from sprout.otel import OTelSink
+
+        telemetry = OTelSink(metrics_tenant=settings.otel_metrics_tenant)
     directives = load_directives(settings)
     stats = bundled_level_stats(directives)
     rate = embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years)
@@ -447,6 +458,8 @@ def build_controller(
         rng=rng,
         sampler=_build_sampler(settings, ledger, rng),
     )
+    if telemetry is not None:
+        telemetry.attach(controller)
     if contextual is not None and ledger is not None:
         _restore_margin(controller, settings)
     watch_policy_versions(

@@ -28,6 +28,7 @@ are imported when an app is created, not when this module is.
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import hmac
@@ -611,6 +612,8 @@ def create_app(
                 controller.close()  # flushes the ledger
             elif controller.ledger is not None:
                 controller.ledger.flush()
+            if getattr(app.state, "dashboard", None) is not None:
+                app.state.dashboard.close()
 
     app = FastAPI(
         title="Sprout",
@@ -749,7 +752,8 @@ def create_app(
                 return await stream(request, call, run)
             loop = asyncio.get_running_loop()
             try:
-                result = await loop.run_in_executor(executor, run)
+                # The request's context (an instrumented app's span) goes along, as in to_thread.
+                result = await loop.run_in_executor(executor, contextvars.copy_context().run, run)
             except Exception as e:
                 raise _map_error(e) from None
             headers = receipt_headers(result.receipt)
@@ -779,7 +783,7 @@ def create_app(
             except BaseException as e:  # handed to the event loop
                 sink.put("error", e)
 
-        executor.submit(produce)
+        executor.submit(contextvars.copy_context().run, produce)
         # Wait for the first text (or the end) before answering, so that a failure before
         # any output still gets a proper status instead of a 200 with an error event. A
         # client that gives up meanwhile stops the generation at its first token.
@@ -912,6 +916,13 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    if settings.server_dashboard:  # the read-only ledger dashboard, GET /dashboard
+        from sprout.dashboard.app import add_dashboard_routes
+        from sprout.dashboard.data import Dashboard
+
+        app.state.dashboard = Dashboard.for_controller(settings, controller)
+        add_dashboard_routes(app, app.state.dashboard)
+
     generate_openapi = app.openapi
     documents: list[dict[str, Any]] = []
 
@@ -988,13 +999,19 @@ def _upstream_models(controller: "Controller", api_key: str) -> list[dict[str, A
 
 
 def serve(settings: Settings, *, log_level: str = "warning") -> None:
-    """Run the proxy with uvicorn on ``settings.server_host:server_port`` until stopped."""
+    """Run the proxy with uvicorn on ``settings.server_host:server_port`` until stopped:
+    ``settings.server_workers`` processes (see :mod:`sprout.server_workers`), one by default."""
     try:
         import uvicorn
     except ImportError as e:  # pragma: no cover - depends on the installed extras
         raise ConfigError(
             f"the proxy needs the server extra: pip install 'sprout[server]' ({e})"
         ) from None
+    if settings.server_workers > 1:
+        from sprout.server_workers import serve_workers
+
+        serve_workers(settings, log_level=log_level)
+        return
     app = create_app(settings)
     uvicorn.run(
         app,

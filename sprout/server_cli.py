@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--threads", type=int, help="worker threads for engine calls (default 256)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="proxy processes on the port, each with its own ledger chain (default 1)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     keys = subparsers.add_parser(
@@ -93,6 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server_host=args.host,
         server_port=args.port,
         server_threads=args.threads,
+        server_workers=args.workers,
         engine_model=args.model,
     )
     upstream = args.upstream or (settings.engine == "openai" and settings.engine_base_url)
@@ -110,7 +116,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"sprout serve: http://{settings.server_host}:{settings.server_port}/v1 -> {where} "
         f"(model {settings.engine_model or 'bundled'}, "
-        f"API key {'required' if keyed else 'not required'})",
+        f"API key {'required' if keyed else 'not required'}, "
+        f"{settings.server_workers} worker{'s' if settings.server_workers > 1 else ''})",
         flush=True,
     )
     verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO

@@ -81,6 +81,7 @@ class ReportRow:
     eval_requests: int = 0
     eval_kwh: float = 0.0
     eval_g: float = 0.0
+    eval_output_tokens: int = 0  # output tokens of the evaluation generations
     judged: int = 0
     judge_preferred: int = 0
     split_n: int = 0  # requests whose energy is split into prefill and decode
@@ -148,6 +149,7 @@ class ReportRow:
             "eval_requests",
             "eval_kwh",
             "eval_g",
+            "eval_output_tokens",
             "judged",
             "judge_preferred",
             "split_n",
@@ -389,6 +391,7 @@ def _verdict_rows(
             r.c.directive,
             r.c.variant,
             r.c.tenant,
+            r.c.outcome,  # group-by outcome reads it
             v.c.preferred_directive,
         )
         .join(r, and_(r.c.created_at == v.c.receipt_created_at, r.c.request_id == v.c.request_id))
@@ -456,6 +459,7 @@ def _fold(
         row.eval_requests += requests
         row.eval_kwh += energy_kwh
         row.eval_g += carbon_g
+        row.eval_output_tokens += int(s["output_tokens"] or 0)
         return
     row.serve_requests += requests
     n = int(s["baseline_n"] or 0)

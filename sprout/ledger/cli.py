@@ -81,8 +81,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from sprout.ledger.audit import format_report
 
-    _existing_ledger(_settings(args))
-    text = format_report(_report(args, args.group_by), args.format)
+    settings = _settings(args)
+    _existing_ledger(settings)
+    report = _report(args, args.group_by)
+    if args.sci:
+        from sprout.ledger.sci_format import format_sci
+        from sprout.ledger.sci_report import sci_report
+
+        sci = sci_report(
+            report,
+            settings.db_url,
+            pue=settings.pue,
+            market_ci_g_per_kwh=settings.market_ci_g_per_kwh,
+            market_ci_source=settings.market_ci_source,
+            embodied_g=settings.embodied_g,
+            lifetime_years=settings.lifetime_years,
+        )
+        text = format_sci(sci, args.format)
+    else:
+        text = format_report(report, args.format)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
@@ -166,6 +183,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     report.add_argument("--group-by", choices=GROUP_BYS, default="day", help="(default day)")
     report.add_argument("--format", choices=FORMATS, default="table", help="(default table)")
     report.add_argument("--output", "-o", metavar="FILE", help="write to FILE, not stdout")
+    report.add_argument(
+        "--sci",
+        action="store_true",
+        help="Software Carbon Intensity (ISO/IEC 21031): ((E*I)+M) per served request and "
+        "per 1,000 output tokens, with PUE (setting pue), a market-based figure when "
+        "market_ci_g_per_kwh is set, and the software boundary",
+    )
     report.set_defaults(func=_cmd_report)
 
     plot = sub.add_parser(
