@@ -73,6 +73,8 @@ def run_cell(
                     name: {
                         "saving": s.carbon_saving.mean,
                         "saving_min": s.carbon_saving.min,
+                        "net_saving": s.net_saving.mean,
+                        "overhead_share": s.overhead_share.mean,
                         "pref": s.normalized_preference.mean,
                         "pref_min": s.normalized_preference.min,
                         "mix": list(s.mix),

@@ -1,9 +1,10 @@
 """Trace-driven evaluation of policies: the Sprout paper's protocol (see the README).
 
 Modules, one job each: ``workload`` (bundled prompts as arrays, the evaluated split),
-``mix`` (the shifting workload mix), ``sampling`` (per-hour samples), ``carbon`` (per-hour
-carbon context, paper or causal), ``methods`` (the method interface, registry and built-ins),
-``evaluate`` (grading a method's decisions), ``metrics``, ``engine`` (seeds and xi sweeps),
+``mix`` (the shifting workload mix), ``scenario`` (``--family-share``, ``--unseen``),
+``sampling`` (per-hour samples), ``carbon`` (per-hour carbon context, paper or causal),
+``methods`` (the method interface, registry and built-ins), ``evaluate`` (grading a method's
+decisions and charging its verdicts), ``metrics``, ``engine`` (seeds and xi sweeps),
 ``report``, ``plot`` and ``cli`` (``sprout simulate``).
 
 The names below are imported lazily, on first use, so importing this package is cheap.

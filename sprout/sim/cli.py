@@ -15,6 +15,9 @@ from typing import Any
 from sprout.errors import ConfigError, SproutError
 
 _DEFAULT_METHODS = "base,co2_opt,model_opt,static,sprout,oracle,oracle_request"
+#: The default of ``--judge-energy-wh`` (sprout.sim.evaluate.JUDGE_ENERGY_WH; kept here so
+#: that building the parser imports no numpy).
+JUDGE_ENERGY_WH_DEFAULT = 0.3
 
 
 def parse_seeds(spec: str) -> tuple[int, ...]:
@@ -166,11 +169,49 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=10000,
         help="prompts sampled per hour for energy and latency (default: 10000)",
     )
+    p.add_argument(
+        "--family-share",
+        metavar="FAMILY=S[,FAMILY=S...]",
+        help="shift the traffic: each named workload family gets share S in (0, 1) of every "
+        "hour, the others keep their relative shares of the rest (families: alpaca, math, "
+        "mmlu, naturalqa, scienceqa, triviaqa)",
+    )
+    p.add_argument(
+        "--unseen",
+        metavar="FAMILY[,FAMILY...]",
+        help="keep these families out of every training input (no verdict, text, vocabulary "
+        "or cost regression of theirs); their prompts still arrive as traffic. Sprout's LP "
+        "has no training data: it learns q^ from its evaluator's verdicts on served "
+        "traffic, as in the paper",
+    )
+    p.add_argument(
+        "--judge-energy-wh",
+        type=float,
+        default=JUDGE_ENERGY_WH_DEFAULT,
+        metavar="WH",
+        help="energy of one judge call, Wh, charged with the other directives' answers to "
+        "methods that learn from verdicts (net saving). Default 0.3: an estimate, Epoch AI's "
+        "~0.3 Wh per GPT-4o-class query ('How much energy does ChatGPT use?', 2025); vary "
+        "it, e.g. 2.9 (EPRI 2024's per-ChatGPT-request figure)",
+    )
+    p.add_argument(
+        "--requests-per-hour",
+        type=int,
+        metavar="N",
+        help="served requests per hour the judging overhead is set against (default: "
+        "--judged-per-hour, the requests each hour replays). Sprout's evaluator judges a "
+        "fixed --judged-per-hour prompts per run; contextual judges a share of the traffic",
+    )
     p.set_defaults(func=run_simulate)
     return p
 
 
-def split_for(methods: tuple[str, ...], seed: int, held_out: float | None) -> Any:
+def split_for(
+    methods: tuple[str, ...],
+    seed: int,
+    held_out: float | None,
+    unseen: tuple[str, ...] = (),
+) -> Any:
     """The prompt split: ``held_out`` if given, else half held out when a method trains on
     verdicts (every method is then evaluated on the same held-out prompts), else none.
 
@@ -190,13 +231,16 @@ def split_for(methods: tuple[str, ...], seed: int, held_out: float | None) -> An
             f"--held-out 1 leaves no training prompts for {', '.join(trains)}; give a "
             "fraction below 1"
         )
-    return PromptSplit(seed, held_out)
+    return PromptSplit(seed, held_out, unseen)
 
 
 def _config(args: argparse.Namespace) -> Any:
     from sprout.sim.engine import SimConfig
+    from sprout.sim.scenario import parse_family_share, parse_unseen
 
     methods = parse_methods(args.methods)
+    family_share = parse_family_share(args.family_share)
+    unseen = parse_unseen(args.unseen)
     return SimConfig(
         carbon=args.carbon,
         column=args.column,
@@ -210,7 +254,10 @@ def _config(args: argparse.Namespace) -> Any:
         history_hours=args.history_hours,
         n_judged=args.judged_per_hour,
         n_energy=args.energy_per_hour,
-        split=split_for(methods, args.split_seed, args.held_out),
+        split=split_for(methods, args.split_seed, args.held_out, unseen),
+        family_share=family_share,
+        judge_energy_wh=args.judge_energy_wh,
+        requests_per_hour=args.requests_per_hour,
     )
 
 

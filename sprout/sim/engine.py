@@ -17,11 +17,12 @@ from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
 from sprout.judge.timing import TimingRule
 from sprout.sim.carbon import DEFAULT_HISTORY_HOURS, MODES, CarbonWindow, carbon_window
-from sprout.sim.evaluate import MethodSeries, run_method
+from sprout.sim.evaluate import JUDGE_ENERGY_WH, MethodSeries, run_method
 from sprout.sim.methods.base import SimSetup, create_method, method_class
 from sprout.sim.metrics import Spread, carbon_saving, normalized_preference
 from sprout.sim.mix import mix_schedule
 from sprout.sim.sampling import N_ENERGY, N_JUDGED, sample_hours
+from sprout.sim.scenario import shift_shares, validate_family_share, validate_unseen
 from sprout.sim.workload import PromptSplit, WorkloadArrays, bundled_workload
 
 #: The methods run when none are named, in report order.
@@ -55,6 +56,12 @@ class SimConfig:
         embodied_g, lifetime_years: the server's embodied carbon and its amortisation.
         split: which judged prompts are evaluated.
         timing: the offline evaluator's timing rule.
+        family_share: ``(family, share)`` pairs fixing those families' share of every hour
+            (the others keep their relative shares); unseen families are ``split.unseen``.
+        judge_energy_wh: energy of one judge call, Wh (the judging overhead's).
+        requests_per_hour: served requests per hour the overhead is set against (None: the
+            hour's sampled prompts, ``n_judged``). Sprout's evaluator judges ``n_judged``
+            prompts per run whatever the traffic; a per-request sample grows with it.
     """
 
     carbon: str | Path = "GB"
@@ -73,8 +80,19 @@ class SimConfig:
     lifetime_years: float = SPROUT_LIFETIME_YEARS
     split: PromptSplit = field(default_factory=PromptSplit)
     timing: TimingRule = field(default_factory=TimingRule)
+    family_share: tuple[tuple[str, float], ...] = ()
+    judge_energy_wh: float = JUDGE_ENERGY_WH
+    requests_per_hour: int | None = None
 
     def __post_init__(self) -> None:
+        if self.requests_per_hour is not None and self.requests_per_hour < 1:
+            raise ConfigError(
+                f"--requests-per-hour: expected an integer >= 1, got {self.requests_per_hour}"
+            )
+        if not (self.judge_energy_wh >= 0.0 and np.isfinite(self.judge_energy_wh)):
+            raise ConfigError(
+                f"--judge-energy-wh: expected a finite number >= 0, got {self.judge_energy_wh!r}"
+            )
         if not self.xis:
             raise ConfigError("xi: at least one value is required")
         bad = [x for x in self.xis if not 0.0 <= x <= 1.0]
@@ -106,7 +124,13 @@ class MethodSummary:
     Attributes:
         name: the method.
         levels: the levels of ``mix``.
-        carbon_saving, normalized_preference, carbon_g_per_request: spread over seeds.
+        carbon_saving, normalized_preference, carbon_g_per_request: spread over seeds
+            (``carbon_saving`` is gross: the served requests only).
+        overhead_share: the verdicts' carbon over the baseline's served carbon.
+        net_saving: ``carbon_saving - overhead_share`` = (baseline - served - overhead) /
+            baseline.
+        overhead_g: the verdicts' carbon over the window, grams.
+        judged: requests judged over the window.
         mix: mean share of requests per level (over hours, then seeds).
         per_seed: each figure per seed, in seed order.
         per_request: the method assigned levels per request.
@@ -122,6 +146,10 @@ class MethodSummary:
     per_seed: dict[str, list[float]]
     per_request: bool
     note: str
+    overhead_share: Spread
+    net_saving: Spread
+    overhead_g: Spread
+    judged: Spread
 
 
 @dataclass(frozen=True)
@@ -193,16 +221,28 @@ def _setups(
 ) -> list[SimSetup]:
     mix_rng, sample_rng = seed_generators(seed)
     schedule = mix_schedule(load_pai_jobs(), config.hours, mix_rng, len(workload.datasets))
+    shares = shift_shares(schedule.shares, workload.datasets, config.family_share)
     samples = sample_hours(
         workload,
-        schedule.shares,
+        shares,
         sample_rng,
         evaluated=config.split.evaluated(workload),
         n_judged=config.n_judged,
         n_energy=config.n_energy,
     )
     return [
-        SimSetup(workload, carbon, samples, evaluator_runs, directives, xi, embodied, config.split)
+        SimSetup(
+            workload,
+            carbon,
+            samples,
+            evaluator_runs,
+            directives,
+            xi,
+            embodied,
+            config.split,
+            config.judge_energy_wh,
+            config.requests_per_hour or 0,
+        )
         for xi in config.xis
     ]
 
@@ -227,6 +267,8 @@ def simulate(
     directives = load_directives(config.policy_file)
     trace = trace if trace is not None else load_trace(config.carbon, config.column)
     workload = workload if workload is not None else bundled_workload()
+    validate_family_share(config.family_share, workload.datasets)
+    validate_unseen(config.split.unseen, workload.datasets)
     carbon = carbon_window(
         trace, config.start_hour, config.hours, config.mode, config.history_hours
     )
@@ -266,6 +308,12 @@ def _summarise(
     saving = [carbon_saving(r.carbon_g, b.carbon_g) for r, b in zip(runs, bases, strict=True)]
     pref = [normalized_preference(r.quality, r.base_quality) for r in runs]
     grams = [float(r.carbon_g.mean()) for r in runs]
+    overhead_g = [float(r.overhead_g.sum()) for r in runs]
+    overhead = [
+        o / (float(b.carbon_g.sum()) * r.requests_per_hour)
+        for o, r, b in zip(overhead_g, runs, bases, strict=True)
+    ]
+    net = [s - o for s, o in zip(saving, overhead, strict=True)]
     mix = np.mean([r.mix.mean(axis=0) for r in runs], axis=0)
     return MethodSummary(
         name=name,
@@ -278,7 +326,14 @@ def _summarise(
             "carbon_saving": saving,
             "normalized_preference": pref,
             "carbon_g_per_request": grams,
+            "overhead_share": overhead,
+            "net_saving": net,
+            "overhead_g": overhead_g,
         },
         per_request=runs[0].per_request,
         note=method_class(name).note,
+        overhead_share=Spread.of(overhead),
+        net_saving=Spread.of(net),
+        overhead_g=Spread.of(overhead_g),
+        judged=Spread.of([float(r.judged) for r in runs]),
     )

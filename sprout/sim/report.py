@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from sprout.sim.engine import MethodSummary, SimResult, XiRun
+from sprout.sim.evaluate import JUDGE_ENERGY_SOURCE, JUDGE_ENERGY_WH
 from sprout.sim.metrics import Spread
 
 
@@ -28,6 +29,12 @@ def method_json(summary: MethodSummary) -> dict[str, Any]:
     out.update(_spread_fields("carbon_saving", summary.carbon_saving))
     out.update(_spread_fields("normalized_preference", summary.normalized_preference))
     out.update(_spread_fields("carbon_g_per_request", summary.carbon_g_per_request))
+    # carbon_saving above is gross (served requests only); net subtracts the verdicts' carbon.
+    out.update(_spread_fields("gross_saving", summary.carbon_saving))
+    out.update(_spread_fields("overhead_share", summary.overhead_share))
+    out.update(_spread_fields("net_saving", summary.net_saving))
+    out.update(_spread_fields("overhead_g", summary.overhead_g))
+    out["judged_requests"] = _num(summary.judged.mean)
     out["mix"] = list(summary.mix)
     out["levels"] = list(summary.levels)
     out["per_request"] = summary.per_request
@@ -67,6 +74,13 @@ def to_json(result: SimResult) -> dict[str, Any]:
     doc["n_judged_per_hour"] = c.n_judged
     doc["n_energy_per_hour"] = c.n_energy
     doc["evaluator_runs"] = int(result.evaluator_runs.sum())
+    doc["family_share"] = dict(c.family_share)
+    doc["unseen"] = list(c.split.unseen)
+    doc["judge_energy_wh"] = c.judge_energy_wh
+    doc["judge_energy_source"] = (
+        JUDGE_ENERGY_SOURCE if c.judge_energy_wh == JUDGE_ENERGY_WH else "--judge-energy-wh"
+    )
+    doc["requests_per_hour"] = c.requests_per_hour or c.n_judged
     return doc
 
 
@@ -91,13 +105,25 @@ def format_run(result: SimResult, run: XiRun) -> str:
         f"mode {c.mode}, xi {run.xi:g}, {len(c.seeds)} seed(s)"
         + (" - mean [min, max] over seeds" if many else "")
     )
-    rows = [("method", "carbon saving %", "norm. preference %", "gCO2e/request", "mix")]
+    rows = [
+        (
+            "method",
+            "gross saving %",
+            "overhead %",
+            "net saving %",
+            "norm. preference %",
+            "gCO2e/request",
+            "mix",
+        )
+    ]
     notes = []
     for name, m in run.methods.items():
         rows.append(
             (
                 name,
                 _pct(m.carbon_saving, many),
+                _pct(m.overhead_share, many),
+                _pct(m.net_saving, many),
                 _pct(m.normalized_preference, many),
                 f"{m.carbon_g_per_request.mean:.4f}",
                 _mix(m),
@@ -112,6 +138,21 @@ def format_run(result: SimResult, run: XiRun) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.extend(f"note: {n}" for n in notes)
+    scenario = []
+    if c.family_share:
+        scenario.append(
+            "family share " + ", ".join(f"{f}={s:g}" for f, s in c.family_share) + " every hour"
+        )
+    if c.split.unseen:
+        scenario.append(f"unseen in training: {', '.join(c.split.unseen)}")
+    if scenario:
+        lines.append("scenario: " + "; ".join(scenario))
+    lines.append(
+        "overhead: the carbon of the verdicts a method learns from (answers under the other "
+        f"directives + one judge call of {c.judge_energy_wh:g} Wh each, at the judge run's "
+        f"hour), % of always-L0's carbon at {c.requests_per_hour or c.n_judged} requests/hour; "
+        "net = gross - overhead"
+    )
     return "\n".join(lines)
 
 
@@ -128,7 +169,7 @@ def format_frontier(result: SimResult) -> str:
             cells.append(f"{100 * m.carbon_saving.mean:.1f}/{p}")
         rows.append(tuple(cells))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["saving % / preference % frontier (means over seeds)"]
+    lines = ["gross saving % / preference % frontier (means over seeds)"]
     for i, r in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:

@@ -113,13 +113,19 @@ class PromptSplit:
     holds out that share of each dataset's judged prompts, chosen by ``seed``, and the rest
     form the training split.
 
+    Families named in ``unseen`` are kept out of training entirely: all their judged prompts
+    are evaluated and none of their rows is in :meth:`training` or :meth:`seen` (the other
+    families' split is the same as without them).
+
     Attributes:
         seed: seed of the split (fixed and documented, independent of the workload seeds).
         held_out_fraction: share of each dataset's judged prompts that are evaluated.
+        unseen: datasets no training input may touch (``sprout simulate --unseen``).
     """
 
     seed: int = 0
     held_out_fraction: float = 1.0
+    unseen: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.held_out_fraction <= 1.0:
@@ -134,12 +140,26 @@ class PromptSplit:
             return judged
         rng = np.random.default_rng(self.seed)
         mask = np.zeros(workload.rows, dtype=bool)
-        for start, count in zip(workload.start, workload.count, strict=True):
+        for name, start, count in zip(
+            workload.datasets, workload.start, workload.count, strict=True
+        ):
             rows = start + np.flatnonzero(judged[start : start + count])
             n_held = max(1, round(self.held_out_fraction * len(rows)))
-            mask[rng.permutation(rows)[:n_held]] = True
+            order = rng.permutation(rows)  # drawn for every dataset: the others' split is fixed
+            mask[rows if name in self.unseen else order[:n_held]] = True
+        return mask
+
+    def seen(self, workload: WorkloadArrays) -> np.ndarray:
+        """Boolean mask over rows: rows of datasets not in :attr:`unseen`."""
+        mask = np.ones(workload.rows, dtype=bool)
+        for name, start, count in zip(
+            workload.datasets, workload.start, workload.count, strict=True
+        ):
+            if name in self.unseen:
+                mask[start : start + count] = False
         return mask
 
     def training(self, workload: WorkloadArrays) -> np.ndarray:
-        """Boolean mask over rows: judged prompts with a verdict that are not evaluated."""
-        return (workload.verdict != NO_VERDICT) & ~self.evaluated(workload)
+        """Boolean mask over rows: judged prompts with a verdict that are not evaluated (never
+        a row of an unseen dataset)."""
+        return (workload.verdict != NO_VERDICT) & ~self.evaluated(workload) & self.seen(workload)

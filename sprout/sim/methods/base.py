@@ -70,6 +70,9 @@ class SimSetup:
         xi: the largest relative quality concession.
         embodied_g_per_s: the server's embodied-carbon rate.
         split: which judged prompts are evaluated (the rest may train a method).
+        judge_energy_wh: energy of one judge call, Wh (charged to methods that judge).
+        requests_per_hour: served requests per hour the overhead is set against (0: the
+            hour's sampled prompts).
     """
 
     workload: WorkloadArrays
@@ -80,6 +83,13 @@ class SimSetup:
     xi: float
     embodied_g_per_s: float
     split: PromptSplit = field(default_factory=PromptSplit)
+    judge_energy_wh: float = 0.0
+    requests_per_hour: int = 0
+
+    @property
+    def traffic_per_hour(self) -> int:
+        """Served requests per hour: ``requests_per_hour``, else the hour's sampled prompts."""
+        return self.requests_per_hour or int(self.samples.judged_rows.shape[1])
 
     @property
     def hours(self) -> int:
@@ -107,6 +117,25 @@ class SimSetup:
             s.energy_kwh[:, cols] * self.carbon.ci_g_per_kwh[:, None]
             + self.embodied_g_per_s * s.time_s[:, cols]
         )
+
+
+@dataclass(frozen=True)
+class JudgeEvent:
+    """Verdicts a method bought: ``rows`` judged at ``hour`` (the evaluator's run).
+
+    Each judged request costs its answers under every other directive and one (listwise)
+    judge call. The served directive is ``served_level`` (per row, indices into the method's
+    levels) or, for a population mix, ``served_mix`` (the expected cost of the others).
+    ``share_of_traffic``: the rows stand for a share of the served requests (a per-request
+    sample, which grows with the traffic), not a fixed count (Sprout's evaluator judges a
+    fixed number of prompts per run).
+    """
+
+    hour: int
+    rows: np.ndarray
+    served_level: np.ndarray | None = None
+    served_mix: np.ndarray | None = None
+    share_of_traffic: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +172,31 @@ class Method(abc.ABC):
 
     def start(self, setup: SimSetup) -> None:  # noqa: B027 - optional hook
         """Called once before hour 0."""
+
+    def record_judging(
+        self,
+        hour: int,
+        rows: np.ndarray,
+        served_level: np.ndarray | None = None,
+        served_mix: np.ndarray | None = None,
+        share_of_traffic: bool = False,
+    ) -> None:
+        """Note verdicts this method learns from, so that the engine charges their carbon
+        (see :class:`JudgeEvent`)."""
+        events: list[JudgeEvent] = self.__dict__.setdefault("_judge_events", [])
+        events.append(
+            JudgeEvent(
+                hour,
+                np.asarray(rows).copy(),
+                None if served_level is None else np.asarray(served_level).copy(),
+                None if served_mix is None else np.asarray(served_mix, dtype=float).copy(),
+                share_of_traffic,
+            )
+        )
+
+    def judge_events(self) -> list[JudgeEvent]:
+        """The verdicts recorded so far (empty for a method that learns none)."""
+        return list(self.__dict__.get("_judge_events", []))
 
     @abc.abstractmethod
     def decide(self, hour: HourInputs) -> Shares | Assignment:

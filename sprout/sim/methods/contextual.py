@@ -19,6 +19,11 @@ only from hours already served; the model never sees them.
 no safety margin, no feedback): the like-for-like comparison with ``sprout`` and
 ``oracle_request``.
 
+Its verdicts are charged (:meth:`Method.record_judging`): each judged request's answers
+under the other directives and one judge call, at the evaluator run's hour. The training
+split's bundled verdicts are not charged (a one-off cost before the window). With
+``PromptSplit.unseen`` the unseen families' rows are left out of every training input.
+
 Training takes seconds, so a trained model and its predictions are kept per process for
 each (workload, split, levels, embodied rate): every seed and xi of a run reuse them.
 """
@@ -110,7 +115,9 @@ def _train(
             "below 1 (sprout simulate --held-out)"
         )
     texts = _texts(workload.ids)
-    train_rows = np.flatnonzero(~evaluated)  # judged training prompts and unjudged ones
+    # Judged training prompts and unjudged ones, never a row of an unseen family: no text,
+    # vocabulary, verdict or cost regression of theirs reaches the model.
+    train_rows = np.flatnonzero(~evaluated & split.seen(workload))
     cols = [workload.key_index(n) for n in levels]
     preferred = np.where(
         training[train_rows], _preferred_levels(workload.verdict[train_rows], levels), -1
@@ -122,7 +129,12 @@ def _train(
         workload.time_s[np.ix_(train_rows, cols)],
         levels,
         embodied_g_per_s=embodied,
-        info={"split_seed": split.seed, "held_out_fraction": split.held_out_fraction},
+        info={
+            "split_seed": split.seed,
+            "held_out_fraction": split.held_out_fraction,
+            "unseen": list(split.unseen),
+            "training_rows": int(train_rows.size),
+        },
     )
     eval_rows = np.flatnonzero(evaluated)
     predicted = model.predict([texts[r] for r in eval_rows])
@@ -197,16 +209,18 @@ class Contextual(Method):
             sample = slice(None, None, self._stride)
             self._judged.append((prediction.pref[sample], level[sample], rows[sample], q0, ratio))
             if hour.evaluator_runs:
-                self._feedback()
+                self._feedback(hour.hour)
         return Assignment(level)
 
-    def _feedback(self) -> None:
-        """The evaluator's run: the verdicts of the requests sampled since the last one."""
+    def _feedback(self, hour: int) -> None:
+        """The evaluator's run: the verdicts of the requests sampled since the last one
+        (their other directives' answers and the judge's calls are charged to ``hour``)."""
         pref = np.concatenate([j[0] for j in self._judged])
         served = np.concatenate([j[1] for j in self._judged])
         rows = np.concatenate([j[2] for j in self._judged])
         q0 = np.concatenate([np.full(j[1].size, j[3]) for j in self._judged])
         ratio = np.concatenate([np.full(j[1].size, j[4]) for j in self._judged])
+        self.record_judging(hour, rows, served_level=served, share_of_traffic=True)
         preferred = _preferred_levels(self._verdict[rows], self._levels)
         self.policy.record_verdicts(pref, served, preferred, base_mean=q0, ratio=ratio)
         self._judged.clear()

@@ -3,7 +3,12 @@
 - ``static``: one mix, solved once from the mean intensity and the average statistics.
 - ``sprout``: the LP every hour; its quality estimate is refreshed only when the offline
   evaluator runs (Sprout's timing rule), energy and latency are the hour's measured means.
-- ``oracle``: the LP every hour with the hour's true quality.
+  Its q^ comes only from its evaluator's verdicts on the traffic served in those hours (no
+  bundled verdict is prior knowledge), so an ``unseen`` family changes nothing for it: the
+  family is learned online once it arrives, as the paper's Sprout would. Each run's
+  verdicts are charged (other directives' answers + judge calls).
+- ``oracle``: the LP every hour with the hour's true quality (a bound: it buys no
+  verdicts, so it is charged no judging overhead).
 - ``model_opt``: the LP over two models (13B and 7B at L0) instead of directives, the mix
   rounded to tenths, as in the paper. The data hold no verdicts on 7B answers, so its quality
   is an assumption (:data:`MODEL_OPT_QUALITY_RATIO` of the 13B's); only its carbon is
@@ -139,6 +144,9 @@ class Static(_LPMethod):
             ci_mean = float(c.ci_mean[0])
         ctx = CarbonContext(ci_mean, float(c.ci_min[0]), float(c.ci_max[0]), ci_mean)
         self._x = self._solve(energy, time, self._quality(quality), ctx)
+        # One offline evaluation, charged at hour 0 (paper mode's window average is
+        # look-ahead and is charged as that one run too).
+        self.record_judging(0, s.judged_rows[0], served_mix=self._x)
 
     def decide(self, hour: HourInputs) -> Shares:
         """The one mix."""
@@ -159,9 +167,14 @@ class Sprout(_LPMethod):
 
     def decide(self, hour: HourInputs) -> Shares:
         """Refresh q^ if the evaluator runs now, then solve."""
-        if hour.evaluator_runs or self._q_hat is None:
+        judged = hour.evaluator_runs or self._q_hat is None
+        if judged:
             self._q_hat = self._quality(hour.quality)
-        return Shares(self._solve(hour.energy_kwh, hour.time_s, self._q_hat, hour.carbon))
+        x = self._solve(hour.energy_kwh, hour.time_s, self._q_hat, hour.carbon)
+        if judged:
+            # The evaluator's verdicts on this hour's served traffic: charged now.
+            self.record_judging(hour.hour, hour.judged_rows, served_mix=x)
+        return Shares(x)
 
 
 @register_method
