@@ -284,4 +284,10 @@ def _print_quality_loop(summary: DemoSummary, w: Callable[[str], object]) -> Non
         w(f"  quality estimate       {q} (refreshed from the verdicts; the optimizer uses it)\n")
         if estimate.warning():
             w(f"  WARNING                {estimate.warning()}\n")
+    unjudged = next((r.unjudged for r in reversed(summary.judge_runs) if r.unjudged), ())
+    if unjudged:
+        w(
+            f"  not judged             {', '.join(unjudged)}: the judge cannot judge them, so no "
+            "answers are generated under them; their quality estimate is the prior\n"
+        )
     w(f"  see                    sprout judge report --db {summary.db_url}\n")

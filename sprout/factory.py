@@ -240,6 +240,28 @@ def _restore_margin(controller: Controller, settings: Settings) -> None:
         )
 
 
+def warn_unguarded(settings: Settings, version: int | None) -> None:
+    """Say, once, at start, that a per-request policy served with no quality loop is
+    unguarded on traffic unlike its training data (nothing samples it, so nothing judges
+    it: neither its margin nor the quality guard can react)."""
+    import logging
+
+    why = (
+        "judge_sample_share = 0"
+        if settings.judge_sample_share <= 0
+        else "no ledger to keep the sampled prompts in"
+    )
+    logging.getLogger("sprout.policy").warning(
+        "serving the per-request (contextual) policy, version %s, with no quality loop "
+        "configured (%s): its quality on traffic unlike its training data is unguarded, as "
+        "no request is sampled and judged. To enable the loop, set judge_sample_share "
+        "(e.g. 0.01; SPROUT_JUDGE_SAMPLE_SHARE) with a ledger, and run the judge job "
+        "(`sprout judge schedule`, or JudgeJob.schedule beside the app)",
+        version,
+        why,
+    )
+
+
 def watch_policy_versions(
     controller: Controller,
     settings: Settings,
@@ -255,10 +277,19 @@ def watch_policy_versions(
         return
     from sprout.policy.retrain import PolicyWatcher
 
+    # Started on the LP mix with no quality loop: say so when a contextual policy comes.
+    warned: list[bool] = [controller.sampler is not None or current is not None]
+
+    def swap(policy: Policy, version: int | None) -> None:
+        if not warned[0]:
+            warned[0] = True
+            warn_unguarded(settings, version)
+        controller.swap_policy(policy, version)
+
     watcher = PolicyWatcher(
         ledger,
         lambda: _load_live_policy(settings, ledger, directives, rate),
-        controller.swap_policy,
+        swap,
         current=current,
         interval_s=settings.policy_refresh_s,
     )
@@ -462,6 +493,8 @@ def build_controller(
         telemetry.attach(controller)
     if contextual is not None and ledger is not None:
         _restore_margin(controller, settings)
+    if contextual is not None and controller.sampler is None:
+        warn_unguarded(settings, contextual[1])
     watch_policy_versions(
         controller, settings, directives, rate, contextual[1] if contextual else None
     )

@@ -214,10 +214,10 @@ def test_outage_spools_then_replays_without_duplicates(
     # The table disappears behind the ledger's back.
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE receipts RENAME TO receipts_hidden")
-    start = time.perf_counter()
     for i in range(50, 350):
-        ledger.append(make_receipt(i))  # must neither raise nor wait
-    assert time.perf_counter() - start < 0.5
+        # Must not raise; that it never waits on the database is
+        # test_append_does_not_block_while_database_hangs's subject.
+        ledger.append(make_receipt(i))
     assert ledger.flush()
     assert ledger.pending() == 0
     assert ledger.spooled() == 300

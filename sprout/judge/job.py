@@ -91,6 +91,9 @@ CALL_DECISION = "judge-call"
 #: Verdicts older than this many half-lives are not read (they weigh < 0.4%).
 _HORIZON_HALF_LIVES = 8
 _HOUR_S = 3600.0
+#: (judge, directive names) pairs whose unjudgeable directives were already logged: the
+#: warning is given once per process, not once per job or per run.
+_WARNED_UNJUDGEABLE: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def hour_index(t: datetime) -> int:
@@ -173,6 +176,8 @@ class JudgeRun:
         energy_kwh, carbon_g: their energy and carbon.
         estimate: the refreshed quality estimate.
         errors: what failed, one line each.
+        unjudged: directives the judge cannot judge (no answer generated for them; their
+            quality estimate is the prior).
     """
 
     at: datetime
@@ -189,6 +194,7 @@ class JudgeRun:
     carbon_g: float = 0.0
     estimate: QualityEstimate | None = None
     errors: list[str] = field(default_factory=list)
+    unjudged: tuple[str, ...] = ()
 
     @property
     def verdicts(self) -> int:
@@ -230,6 +236,11 @@ class JudgeRun:
             )
             if e.warning():
                 lines.append(f"  WARNING: {e.warning()}")
+        if self.unjudged:
+            lines.append(
+                f"  not judged: {', '.join(self.unjudged)} (the judge cannot judge them: no "
+                "answers generated, quality estimate = prior)"
+            )
         lines += [f"  error: {err}" for err in self.errors[:10]]
         return "\n".join(lines)
 
@@ -246,7 +257,13 @@ def _cost(receipt: Receipt) -> dict[str, Any]:
 
 def prior_quality(directives: DirectiveSet) -> tuple[float, ...]:
     """Prior quality per directive: the bundled GPT-4 judgments for the recorded levels
-    (L0, L1, L2), uniform for a directive set that does not name them."""
+    (L0, L1, L2), uniform for a directive set that does not name them.
+
+    A directive the recordings do not cover (a fourth level added to the policy file) gets
+    the baseline's prior: assumed as good as the baseline until verdicts say otherwise. Never
+    0: a prior of 0 would hold its estimate near 0, whatever its verdicts, for as long as
+    the prior outweighs them.
+    """
     from sprout.data import LEVELS
 
     n = len(directives)
@@ -256,7 +273,8 @@ def prior_quality(directives: DirectiveSet) -> tuple[float, ...]:
 
     stats = bundled_level_stats(directives)
     by_name = dict(zip(stats.levels, stats.quality, strict=True))
-    return tuple(by_name.get(name, 0.0) for name in directives.names)
+    fallback = by_name.get(directives.baseline.name, max(stats.quality))
+    return tuple(by_name.get(name, fallback) for name in directives.names)
 
 
 def policy_with_estimate(
@@ -433,6 +451,10 @@ class JudgeJob:
         self.sampler = sampler
         self.controller = controller
         self.prior = tuple(prior) if prior is not None else prior_quality(directives)
+        #: The directives the judge can give verdicts on: the only ones answered.
+        self.judgeable = judge.can_judge(directives.names)
+        self.unjudged = tuple(n for n in directives.names if n not in self.judgeable)
+        self._warn_unjudged()
         self.xi = xi
         self.embodied_g_per_s = (
             embodied_rate_g_per_s() if embodied_g_per_s is None else embodied_g_per_s
@@ -443,6 +465,24 @@ class JudgeJob:
         self._owned = list(owned)
         self._window = CIWindow(720)
         self._seed_window()
+
+    def _warn_unjudged(self) -> None:
+        """Say once per process (per judge and directive set) which directives go unjudged."""
+        key = (self.judge.name, tuple(self.directives.names))
+        if not self.unjudged or key in _WARNED_UNJUDGEABLE:
+            return
+        _WARNED_UNJUDGEABLE.add(key)
+        priors = dict(zip(self.directives.names, self.prior, strict=True))
+        log.warning(
+            "quality loop: the judge %s cannot judge directive(s) %s: %s. No evaluation "
+            "answers are generated under them (no carbon spent on answers nobody judges), "
+            "requests served under them get no verdict, and their quality estimate stays at "
+            "the prior (%s)",
+            self.judge.name,
+            ", ".join(self.unjudged),
+            self.judge.limitation(self.unjudged),
+            ", ".join(f"{n} {priors[n]:.3f}" for n in self.unjudged),
+        )
 
     # ------------------------------------------------------------------ timing
 
@@ -549,7 +589,13 @@ class JudgeJob:
         self._flush_inputs()
         self._prune(now)
         signal = self.signal.read()
-        result = JudgeRun(now, reason, ran=True, ci_g_per_kwh=signal.reading.ci_g_per_kwh)
+        result = JudgeRun(
+            now,
+            reason,
+            ran=True,
+            ci_g_per_kwh=signal.reading.ci_g_per_kwh,
+            unjudged=self.unjudged,
+        )
         rows = self.ledger.sampled_prompts(
             pending=True, since=self._retention_cutoff(now), limit=limit
         )
@@ -601,6 +647,10 @@ class JudgeJob:
                 result,
             )
             return
+        unusable = self._unusable(receipt, payload)
+        if unusable:  # decided before generating anything: no carbon for answers not judged
+            self._verdict(receipt, payload, None, "no-verdict", {"reason": unusable}, now, result)
+            return
         stale = now >= created_at + timedelta(hours=self.config.max_staleness_h)
         evaluation: dict[str, str] = {}
         costs: dict[str, dict[str, Any]] = {}
@@ -644,6 +694,21 @@ class JudgeJob:
             receipt, payload, judged.preferred, judged.outcome, detail, now, result, judged.protocol
         )
 
+    def _unusable(self, receipt: Receipt, payload: Mapping[str, Any]) -> str | None:
+        """Why no verdict the judge could give on this request would be usable, or None."""
+        if not self.judge.can_judge([receipt.directive]):
+            return (
+                f"served under {receipt.directive}, which the judge {self.judge.name} cannot "
+                f"judge ({self.judge.limitation([receipt.directive])})"
+            )
+        kept = {receipt.directive} if isinstance(payload.get("answer"), str) else set()
+        if len(self.judgeable | kept) < 2:
+            return (
+                f"the judge {self.judge.name} can judge fewer than 2 of the directives "
+                f"({', '.join(sorted(self.judgeable)) or 'none'})"
+            )
+        return None
+
     def _answers(
         self,
         receipt: Receipt,
@@ -662,7 +727,8 @@ class JudgeJob:
         """
         served_answer = payload.get("answer")
         answers: dict[str, str] = {}
-        names = list(self.directives.names)
+        # Only what the judge can use: an answer it cannot judge is carbon for nothing.
+        names = [name for name in self.directives.names if name in self.judgeable]
         if receipt.directive not in names and isinstance(served_answer, str):
             # Served under a directive since removed: its answer is still judged.
             names.insert(0, receipt.directive)
@@ -848,6 +914,7 @@ class JudgeJob:
             half_life_h=self.config.half_life_h,
             floor=self.config.floor,
             min_weight=self.config.min_weight,
+            unjudged=self.unjudged,
         )
         warning = estimate.warning()
         if warning:

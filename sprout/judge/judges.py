@@ -16,7 +16,7 @@ import abc
 import contextlib
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +112,19 @@ class Judge(abc.ABC):
         Raises:
             EngineError: the judge's engine failed (the item may be retried later).
         """
+
+    def can_judge(self, directives: Iterable[str]) -> frozenset[str]:
+        """Which of ``directives`` (names) this judge can give verdicts on.
+
+        The judge job generates evaluation answers only for these: an answer the judge
+        cannot use would cost carbon for nothing. An LLM judge reads any answer; a judge
+        that looks verdicts up (the replay judge) only knows what it has.
+        """
+        return frozenset(directives)
+
+    def limitation(self, directives: Iterable[str]) -> str:
+        """Why the directives :meth:`can_judge` leaves out cannot be judged (for people)."""
+        return f"the judge {self.name} cannot judge them"
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the judge's engine."""
@@ -249,6 +262,9 @@ def _normalise(text: str) -> str:
 class ReplayJudge(Judge):
     """Returns GPT-4's recorded verdict on bundled prompts (listwise over L0, L1, L2).
 
+    It can judge only those three levels (:meth:`can_judge`): the judge job generates no
+    answer under any other directive for it.
+
     A prompt is found by its prompt id, else by its text (the last user message,
     whitespace-normalised). Prompts that were not recorded, or that GPT-4 gave no verdict
     on, get "no verdict".
@@ -268,6 +284,21 @@ class ReplayJudge(Judge):
         self._by_text: dict[str, WorkloadRecord] = {}
         for r in self._records:
             self._by_text.setdefault(_normalise(r.instruction), r)  # as the replay engine does
+
+    def can_judge(self, directives: Iterable[str]) -> frozenset[str]:
+        """Only the recorded levels (L0, L1, L2): GPT-4's verdicts were over their answers,
+        and there is no verdict to look up for any other directive."""
+        from sprout.data import LEVELS
+
+        return frozenset(directives) & frozenset(LEVELS)
+
+    def limitation(self, directives: Iterable[str]) -> str:
+        from sprout.data import LEVELS
+
+        return (
+            f"the replay judge only has GPT-4's recorded verdicts over {', '.join(LEVELS)}; "
+            "configure an LLM judge (judge_engine = openai or hf) to judge other directives"
+        )
 
     def judge(self, item: JudgeItem, meter: EnergyMeter | None = None) -> JudgeResult:
         from sprout.chat import last_user_content

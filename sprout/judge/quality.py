@@ -10,6 +10,10 @@ that a handful of verdicts cannot swing the optimizer::
 
 Ties and "no verdict" carry no preference and are left out, like unjudged prompts.
 
+A directive the judge cannot judge (``unjudged``: the replay judge and a directive outside
+its recordings) keeps its prior: the verdicts are shares over the directives judged, and
+counting them against one that never took part would drive its estimate to 0.
+
 **The guard.** The optimizer promises a normalized preference (the share of requests served
 the directive the judge prefers, over that share for always-L0) of at least ``1 - xi``. The
 verdicts measure what it delivers: ``P = sum w [preferred == served] / sum w [preferred ==
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -164,6 +168,7 @@ def estimate_quality(
     half_life_h: float = DEFAULT_HALF_LIFE_H,
     floor: float = 0.9,
     min_weight: float = DEFAULT_MIN_WEIGHT,
+    unjudged: Collection[str] = (),
 ) -> QualityEstimate:
     """Quality per directive and the guard's baseline share from verdicts (see the module).
 
@@ -176,6 +181,7 @@ def estimate_quality(
         half_life_h: age at which a verdict weighs half.
         floor: normalized preference the guard keeps.
         min_weight: effective verdicts (of the policy's own choices) the guard needs to act.
+        unjudged: levels the judge cannot judge: their quality is their prior.
 
     Raises:
         ValueError: bad levels, prior or weights.
@@ -212,6 +218,11 @@ def estimate_quality(
         quality = tuple((prior_weight * p + s) / total for p, s in zip(prior, wins, strict=True))
     else:
         quality = tuple(float(p) for p in prior)
+    if unjudged:
+        quality = tuple(
+            float(p) if name in unjudged else q
+            for name, p, q in zip(levels, prior, quality, strict=True)
+        )
     preference = own_served / own_base if own_base > 0 else None
     share = guard_share(preference, floor) if own_weight >= min_weight else 0.0
     return QualityEstimate(
