@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from postgres import PostgresServer, PostgresUnavailable
 
 from sprout.data import load_workload
 
@@ -42,3 +44,20 @@ class FakeClock:
 @pytest.fixture
 def clock():
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/postgres.py); each test makes its own
+    database. Fails, never skips, when the server cannot start."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as e:
+        pytest.fail(f"cannot set up the test PostgreSQL server: {e}", pytrace=False)
+    try:
+        server.start()
+    except PostgresUnavailable as e:
+        server.close()
+        pytest.fail(f"cannot start the test PostgreSQL server: {e}", pytrace=False)
+    yield server
+    server.close()

@@ -296,41 +296,32 @@ def test_a_check_reads_one_snapshot_of_a_ledger_being_written(ledger, tmp_path):
         engine.dispose()
 
 
-def test_postgresql_sessions_are_read_only(tmp_path, monkeypatch):
-    from postgres import PostgresServer, PostgresUnavailable
+def test_postgresql_sessions_are_read_only(tmp_path, monkeypatch, pg):
     from sqlalchemy.exc import InternalError
     from test_ledger import make_receipt
 
     from sprout.ledger.store import Ledger
 
     monkeypatch.chdir(tmp_path)  # the ledger's spool for PostgreSQL: the working directory
+    url = pg.create_database("dashboard")
+    upgrade(url)
+    with Ledger(url) as writer:
+        for i in range(5):
+            writer.append(make_receipt(i))
+    dashboard = Dashboard(url)
     try:
-        server = PostgresServer()
-        server.start()
-    except PostgresUnavailable as e:
-        pytest.fail(f"cannot start the test PostgreSQL server: {e}", pytrace=False)
-    try:
-        url = server.create_database("dashboard")
-        upgrade(url)
-        with Ledger(url) as writer:
-            for i in range(5):
-                writer.append(make_receipt(i))
-        dashboard = Dashboard(url)
-        try:
-            dashboard.check_schema()
-            doc = dashboard.data()
-            assert doc["totals"]["requests"] == 5
-            assert doc["integrity"]["status"] == "ok" and doc["integrity"]["receipts"] == 5
-            with (
-                pytest.raises(InternalError, match="read-only transaction"),
-                dashboard.engine.begin() as conn,
-            ):
-                conn.execute(text("DELETE FROM receipts"))
-        finally:
-            dashboard.close()
-        assert verify(url).receipts == 5
+        dashboard.check_schema()
+        doc = dashboard.data()
+        assert doc["totals"]["requests"] == 5
+        assert doc["integrity"]["status"] == "ok" and doc["integrity"]["receipts"] == 5
+        with (
+            pytest.raises(InternalError, match="read-only transaction"),
+            dashboard.engine.begin() as conn,
+        ):
+            conn.execute(text("DELETE FROM receipts"))
     finally:
-        server.close()
+        dashboard.close()
+    assert verify(url).receipts == 5
 
 
 def test_open_readonly_refuses_what_it_cannot_read_without_creating_it(tmp_path):

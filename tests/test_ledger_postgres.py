@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from postgres import PostgresServer, PostgresUnavailable
+from postgres import PostgresServer
 from sqlalchemy import create_engine, text
 from test_ledger import make_receipt
 from test_ledger_chain import edge_receipts
@@ -35,21 +34,6 @@ from sprout.ledger.store import Ledger
 from sprout.ledger.verify import verify
 
 TESTS_DIR = Path(__file__).parent
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as e:
-        pytest.fail(f"cannot set up the test PostgreSQL server: {e}", pytrace=False)
-    try:
-        server.start()
-    except PostgresUnavailable as e:
-        server.close()
-        pytest.fail(f"cannot start the test PostgreSQL server: {e}", pytrace=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture(autouse=True)

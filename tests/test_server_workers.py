@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 from fake_openai_server import FakeOpenAIServer, wait_until
-from postgres import PostgresServer, PostgresUnavailable
+from postgres import PostgresServer
 from sqlalchemy import create_engine, text
 
 from sprout.config import load_settings
@@ -37,21 +37,6 @@ CLIENTS = 16
 LOAD_S = 3.0
 REQUESTS_PER_CONNECTION = 10
 SPROUT = Path(sys.executable).with_name("sprout")
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as e:
-        pytest.fail(f"cannot set up the test PostgreSQL server: {e}", pytrace=False)
-    try:
-        server.start()
-    except PostgresUnavailable as e:
-        server.close()
-        pytest.fail(f"cannot start the test PostgreSQL server: {e}", pytrace=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture
