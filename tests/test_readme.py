@@ -35,3 +35,20 @@ def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second():
     assert commands[1] == "bash .ci/run"
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert ".venv/bin/pip install -q -e '.[dev]'" in ci and "-m pytest -q" in ci
+
+
+def test_the_demo_excerpt_is_what_the_demo_prints(tmp_path):
+    section = README.read_text(encoding="utf-8").split("## What the demo shows", 1)[1]
+    excerpt = re.search(r"```\n(.*?)```", section, re.S).group(1).splitlines()
+    out = subprocess.run(
+        [sys.executable, "-m", "sprout.cli", "demo", "--db", f"sqlite:///{tmp_path / 'd.db'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    printed = set(out.stdout.splitlines())
+    shown = [line for line in excerpt if line.strip() and line != "..."]
+    assert len(shown) > 15
+    assert [line for line in shown if line not in printed] == []
