@@ -127,6 +127,16 @@ def test_a_guard_cut_generation_says_so(settings):
         assert [r.outcome for r in _receipts(controller)] == ["guard_cut"]
 
 
+def test_a_guard_cut_chat_stream_says_so(settings):
+    engine = TokenEngine(WORDS[:6], finish_reason=BABBLE_CODE_BLOCK)
+    with _controller(settings, engine) as controller:
+        with controller.chat_stream(ASK) as stream:
+            deltas = list(stream)
+        assert "".join(deltas) == "".join(WORDS[:6])
+        assert stream.result.receipt.outcome == "guard_cut"
+        assert [r.outcome for r in _receipts(controller)] == ["guard_cut"]
+
+
 def test_a_closed_chat_stream_records_what_was_generated(settings):
     engine = TokenEngine(WORDS, delay_s=0.01)
     seen = []
