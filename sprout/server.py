@@ -87,11 +87,7 @@ _HANDLED = frozenset(
         "user",
     }
 )
-_MAX_TOKENS = MAX_TOKENS
-_MAX_STOP_STRINGS = MAX_STOP_STRINGS
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_TRUE = frozenset(OPT_OUT_TRUE)
-_FALSE = frozenset(OPT_OUT_FALSE)
 #: How long an upstream model list is reused.
 _MODELS_TTL_S = 60.0
 
@@ -273,8 +269,8 @@ def parse_chat_call(body: object, served: Sequence[str] | None = None) -> ChatCa
         value = body.get(name)
         if value is None:
             continue
-        if not _is_int(value) or not 1 <= value <= _MAX_TOKENS:
-            raise _bad(f"'{name}' must be an integer in [1, {_MAX_TOKENS}]", name)
+        if not _is_int(value) or not 1 <= value <= MAX_TOKENS:
+            raise _bad(f"'{name}' must be an integer in [1, {MAX_TOKENS}]", name)
         value = int(value)
         max_tokens = value if max_tokens is None else min(max_tokens, value)
 
@@ -300,8 +296,8 @@ def parse_chat_call(body: object, served: Sequence[str] | None = None) -> ChatCa
     if isinstance(stop, str):
         stops = (stop,)
     elif isinstance(stop, list):
-        if len(stop) > _MAX_STOP_STRINGS or not all(isinstance(s, str) for s in stop):
-            raise _bad(f"'stop' must be a string or up to {_MAX_STOP_STRINGS} strings", "stop")
+        if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) for s in stop):
+            raise _bad(f"'stop' must be a string or up to {MAX_STOP_STRINGS} strings", "stop")
         stops = tuple(stop)
     elif stop is not None:
         raise _bad("'stop' must be a string or a list of strings", "stop", "invalid_type")
@@ -717,13 +713,13 @@ def create_app(
         opt_out = False
         if flag is not None:
             value = flag.strip(" \t").lower()
-            if value not in _TRUE | _FALSE:
+            if value not in (*OPT_OUT_TRUE, *OPT_OUT_FALSE):
                 raise _bad(
                     f"header {opt_out_header}: expected true or false",
                     opt_out_header,
                     "invalid_header",
                 )
-            opt_out = value in _TRUE
+            opt_out = value in OPT_OUT_TRUE
         return tenant, opt_out
 
     @app.post("/v1/chat/completions", summary="Create a chat completion (carbon-aware)")

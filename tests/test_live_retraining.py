@@ -15,24 +15,23 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
+from test_retrain import SmallBundled
 
 from sprout.carbon.trace import load_trace
 from sprout.chat import ChatRequest
 from sprout.cli import main
 from sprout.config import load_settings
 from sprout.controller import Controller
-from sprout.data import DATASETS, load_workload
 from sprout.engines.base import Engine, Generation
 from sprout.factory import build_controller
 from sprout.judge.job import build_judge_job
 from sprout.judge.judges import LLMJudge
 from sprout.ledger.store import Ledger
 from sprout.policy.contextual import CONTEXTUAL_KIND
-from sprout.policy.retrain import TrainingExample
 
 #: The synthetic family's marker, and the directive its judge always prefers.
 FAMILY = "zorblat"
@@ -41,29 +40,7 @@ PREFERRED = "L0"
 PER_PHASE = 80
 #: What the product promises: a normalized preference of at least 1 - xi (xi = 0.1).
 FLOOR = 0.9
-#: Bundled judged prompts per workload the (fast) bundled training source yields.
-PER_DATASET = 120
 HOUR = timedelta(hours=1)
-
-
-class SmallBundled:
-    """The first judged prompts of each bundled workload: what the retrain reads as the
-    bundled recordings here (the full set takes about a minute to fit)."""
-
-    name = "bundled-small"
-
-    def examples(self) -> Iterable[TrainingExample]:
-        for d in DATASETS:
-            rows = [r for r in load_workload((d,)) if r.judge_sampled][:PER_DATASET]
-            for r in rows:
-                yield TrainingExample(
-                    r.instruction,
-                    None if r.judge_best is None else ("L0", "L1", "L2")[r.judge_best],
-                    r.energy_kwh,
-                    r.time_s,
-                    group=r.dataset,
-                    source=self.name,
-                )
 
 
 class AnyPromptEngine(Engine):
