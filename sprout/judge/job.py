@@ -30,7 +30,7 @@ import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -60,7 +60,7 @@ from sprout.judge.quality import (
     refreshed_stats,
     unwrap,
 )
-from sprout.judge.timing import ForecastEvaluatorClock, ForecastTimingRule
+from sprout.judge.timing import ForecastEvaluatorClock, ForecastTimingRule, judge_run_reason
 from sprout.judge.training import refresh_margin
 from sprout.policy.history import CIWindow
 from sprout.receipt import Receipt, metered_receipt
@@ -154,6 +154,34 @@ class JudgeJobConfig:
             prior_weight=settings.judge_prior_weight,
             floor=settings.judge_quality_floor or 1.0 - settings.xi,
             min_weight=settings.judge_min_verdicts,
+        )
+
+    @property
+    def horizon_h(self) -> float:
+        """Age of the oldest verdict an estimate reads (8 half-lives: weight below 0.4%)."""
+        return _HORIZON_HALF_LIVES * self.half_life_h
+
+    def estimate(
+        self,
+        observations: Iterable[Observation],
+        levels: Sequence[str],
+        now: datetime,
+        *,
+        prior: Sequence[float],
+        unjudged: Collection[str] = (),
+    ) -> QualityEstimate:
+        """The quality estimate and the guard's share of ``observations`` under this
+        configuration (the live job's refresh and the simulator's both estimate here)."""
+        return estimate_quality(
+            observations,
+            levels,
+            now,
+            prior=prior,
+            prior_weight=self.prior_weight,
+            half_life_h=self.half_life_h,
+            floor=self.floor,
+            min_weight=self.min_weight,
+            unjudged=unjudged,
         )
 
 
@@ -529,7 +557,6 @@ class JudgeJob:
     def tick(self, now: datetime | None = None) -> JudgeRun:
         """Run if the timing rule (or the staleness deadline) says so; else record the hour."""
         now = now or self._clock()
-        hour = hour_index(now)
         signal = self.signal.read()
         ci = signal.reading.ci_g_per_kwh
         observed = signal.fallback != "default"  # a configured default is no observation
@@ -540,28 +567,31 @@ class JudgeJob:
         queued = self.ledger.sampled_prompts(
             pending=True, since=self._retention_cutoff(now), limit=1
         )
-        if not queued:
-            previous = self.timer.last_run_hour
-            self.timer.step(hour, ci, ci_mean)  # keeps the hourly history for local minima
-            self.timer.last_run_hour = previous  # nothing judged: not a run
-            return JudgeRun(now, "idle", ci_g_per_kwh=ci)
-        oldest = queued[0]["created_at"]
-        if self.timer.last_run_hour is None:
-            self.timer.last_run_hour = self._last_run_hour(oldest)
-        tick = timedelta(seconds=self.config.tick_s)
-        deadline = oldest + timedelta(hours=self.config.max_staleness_h) - tick
-        forecast = self._forecast(now, deadline) if self.config.use_forecast else []
-        last = self.timer.last_run_hour
-        due = self.timer.step(hour, ci, ci_mean, forecast, hour_index(deadline))
-        stale = now >= deadline or hour >= hour_index(deadline)
-        if not (due or stale):
-            return JudgeRun(now, "waiting", ci_g_per_kwh=ci)
-        if stale:
-            reason = "staleness"
-        elif last is not None and hour - last >= self.config.timing.max_gap_h:
-            reason = "max-gap"
-        else:
-            reason = "low-carbon"
+        now_h = now.timestamp() / _HOUR_S
+        oldest_h = None
+        forecast: list[tuple[int, float]] = []
+        if queued:
+            oldest = queued[0]["created_at"]
+            oldest_h = oldest.timestamp() / _HOUR_S
+            if self.timer.last_run_hour is None:
+                self.timer.last_run_hour = self._last_run_hour(oldest)
+            if self.config.use_forecast:
+                deadline = oldest + timedelta(
+                    hours=self.config.max_staleness_h, seconds=-self.config.tick_s
+                )
+                forecast = self._forecast(now, deadline)
+        reason = judge_run_reason(
+            self.timer,
+            now_h,
+            ci,
+            ci_mean,
+            oldest_queued_h=oldest_h,
+            max_staleness_h=self.config.max_staleness_h,
+            tick_h=self.config.tick_s / _HOUR_S,
+            forecast=forecast,
+        )
+        if reason is None:
+            return JudgeRun(now, "waiting" if queued else "idle", ci_g_per_kwh=ci)
         return self.run(now, reason=reason)
 
     # ------------------------------------------------------------------ runs
@@ -892,7 +922,7 @@ class JudgeJob:
             LedgerError: the ledger cannot be read or written.
         """
         now = now or self._clock()
-        horizon = now - timedelta(hours=_HORIZON_HALF_LIVES * self.config.half_life_h)
+        horizon = now - timedelta(hours=self.config.horizon_h)
         latest: dict[str, Mapping[str, Any]] = {}
         for row in self.ledger.verdicts(since=horizon):
             latest[row["request_id"]] = row  # in id order: a re-judged request's last wins
@@ -905,15 +935,11 @@ class JudgeJob:
             )
             for row in latest.values()
         ]
-        estimate = estimate_quality(
+        estimate = self.config.estimate(
             observations,
             self.directives.names,
             now,
             prior=self.prior,
-            prior_weight=self.config.prior_weight,
-            half_life_h=self.config.half_life_h,
-            floor=self.config.floor,
-            min_weight=self.config.min_weight,
             unjudged=self.unjudged,
         )
         warning = estimate.warning()

@@ -237,3 +237,55 @@ class ForecastEvaluatorClock(EvaluatorClock):
         if run:
             self.last_run_hour = hour
         return run
+
+
+def judge_run_reason(
+    clock: ForecastEvaluatorClock,
+    now_h: float,
+    ci_g_per_kwh: float,
+    ci_mean: float,
+    *,
+    oldest_queued_h: float | None,
+    max_staleness_h: float,
+    tick_h: float = 1.0,
+    forecast: Sequence[tuple[int, float]] = (),
+) -> str | None:
+    """Whether the quality loop's judge job runs now, and why: the live job's rule
+    (:meth:`sprout.judge.job.JudgeJob.tick`), shared with the simulator.
+
+    With nothing queued the hour is only recorded (for local minima), never a run. Else the
+    job runs when ``clock`` says the hour is due or when the oldest queued request would
+    pass ``max_staleness_h`` before the next tick.
+
+    Args:
+        clock: the job's clock (its ``last_run_hour`` is set when it runs).
+        now_h: now, in hours since the clock's origin (a fraction within the hour).
+        ci_g_per_kwh, ci_mean: the intensity now and the mean it is compared with.
+        oldest_queued_h: when the oldest queued request was served (None: none queued).
+        max_staleness_h: longest a queued request waits for its verdict.
+        tick_h: hours between ticks (a run is forced one tick before the deadline).
+        forecast: ``(hour, intensity)`` forecast hours (empty: Sprout's rule alone).
+
+    Returns:
+        ``staleness``, ``max-gap`` or ``low-carbon``; None when the job does not run.
+    """
+    hour = math.floor(now_h)
+    if oldest_queued_h is None:
+        previous = clock.last_run_hour
+        clock.step(hour, ci_g_per_kwh, ci_mean)  # keeps the hourly history for local minima
+        clock.last_run_hour = previous  # nothing judged: not a run
+        return None
+    if clock.last_run_hour is None:
+        clock.last_run_hour = math.floor(oldest_queued_h)
+    deadline_h = oldest_queued_h + max_staleness_h - tick_h
+    last = clock.last_run_hour
+    due = clock.step(hour, ci_g_per_kwh, ci_mean, forecast, math.floor(deadline_h))
+    stale = now_h >= deadline_h or hour >= math.floor(deadline_h)
+    if not (due or stale):
+        return None
+    clock.last_run_hour = hour
+    if stale:
+        return "staleness"
+    if last is not None and hour - last >= clock.rule.max_gap_h:
+        return "max-gap"
+    return "low-carbon"
