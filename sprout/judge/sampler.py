@@ -34,6 +34,9 @@ log = logging.getLogger("sprout.judge")
 
 #: Sampled prompts waiting for the writer thread before new samples are dropped.
 DEFAULT_QUEUE_SIZE = 1000
+#: The share of served requests the README's quality-loop section recommends judging in
+#: production, measured against the loop's own carbon in the simulator.
+RECOMMENDED_JUDGE_SHARE = 0.02
 #: Decision reason of a request that opted out (see :meth:`sprout.controller.Controller.chat`).
 OPT_OUT_REASON = "opt-out"
 _STOP = object()
@@ -239,6 +242,7 @@ def build_sampler(
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "OPT_OUT_REASON",
+    "RECOMMENDED_JUDGE_SHARE",
     "Sampler",
     "SamplerStats",
     "build_sampler",

@@ -91,8 +91,9 @@ def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.held_out < 1.0:
-        raise ConfigError(f"--held-out: {args.held_out!r} is outside [0, 1)")
+    from sprout.policy.retrain import RetrainOptions
+
+    RetrainOptions(args.data, args.split_seed, args.held_out, args.refit_all)  # validates
     settings = _settings(args)
     if args.schedule:
         return _schedule(args, settings)

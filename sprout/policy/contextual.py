@@ -961,18 +961,24 @@ class ContextualPolicy(Policy):
         return self.margin_estimate.record(pref, served, preferred, weights, **period)
 
     def learn_verdicts(
-        self, verdicts: Sequence[tuple[str, str, str | None, float]], *, replace: bool = False
+        self,
+        verdicts: Sequence[tuple[str, str, str | None, float]],
+        *,
+        replace: bool = False,
+        predict: Callable[[Sequence[str]], LevelPrediction] | None = None,
     ) -> int:
         """:meth:`record_verdicts` from ``(prompt, served, preferred, weight)`` with directive
         names (the quality loop's verdicts, predicted again from the prompt); those naming a
         directive outside the model's levels are skipped. ``replace``: forget the verdicts
-        learnt before (the caller passes them all again). Returns the verdicts used."""
+        learnt before (the caller passes them all again). ``predict``: this model's
+        predictions of prompts, where the caller keeps them (default: ``model.predict``).
+        Returns the verdicts used."""
         index = {name: i for i, name in enumerate(self.model.levels)}
         kept = [v for v in verdicts if v[1] in index]
         estimate = self.margin_estimate.fresh() if replace else self.margin_estimate
         used = 0
         if kept:
-            pred = self.model.predict([v[0] for v in kept])
+            pred = (predict or self.model.predict)([v[0] for v in kept])
             used = estimate.record(
                 pred.pref,
                 np.array([index[v[1]] for v in kept]),

@@ -66,6 +66,32 @@ CHECK_CI_G_PER_KWH = 300.0
 
 
 @dataclass(frozen=True)
+class RetrainOptions:
+    """How the scheduled retrain fits (``sprout retrain``'s defaults; the simulator's loop
+    retrains with the same).
+
+    Attributes:
+        data: which data (see :func:`pick_sources`).
+        split_seed, held_out_fraction: the held-out split its metrics are measured on.
+        refit_all: store the model refitted on every example (else the one fitted on the
+            training part, whose held-out figures are stored with it).
+    """
+
+    data: str = "auto"
+    split_seed: int = DEFAULT_SPLIT_SEED
+    held_out_fraction: float = DEFAULT_HELD_OUT
+    refit_all: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data not in DATA_CHOICES:
+            raise ConfigError(
+                f"training data {self.data!r}: choose one of {', '.join(DATA_CHOICES)}"
+            )
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ConfigError(f"--held-out: {self.held_out_fraction!r} is outside [0, 1)")
+
+
+@dataclass(frozen=True)
 class TrainingExample:
     """One prompt with what is known about serving it.
 
@@ -214,11 +240,8 @@ def choose_sources(
     *,
     min_ledger_examples: int = MIN_LEDGER_EXAMPLES,
 ) -> list[TrainingSource]:
-    """The training sources for ``data``:
-
-    - ``auto``: the ledger's judged requests, plus the bundled recordings while the ledger
-      has fewer than ``min_ledger_examples`` verdicts (a fresh install: the bundled alone);
-    - ``ledger``: the ledger's alone; ``bundled``: the recordings alone; ``both``: both.
+    """The training sources for ``data`` (see :func:`pick_sources`), the ledger's judged
+    requests read as :class:`LedgerSource`.
 
     Raises:
         ConfigError: an unknown choice, ``ledger`` without a ledger or with no judged
@@ -227,25 +250,51 @@ def choose_sources(
     """
     if data not in DATA_CHOICES:
         raise ConfigError(f"training data {data!r}: choose one of {', '.join(DATA_CHOICES)}")
-    if data == "bundled":
-        return [BundledSource()]
     if ledger is None:
         if data == "ledger":
             raise ConfigError("training data 'ledger' needs a ledger (--db), not --no-store")
         return [BundledSource()]
-    source = LedgerSource(ledger, levels, now)
-    judged = source.judged()
+    if data == "bundled":
+        return [BundledSource()]
+    return pick_sources(
+        data, LedgerSource(ledger, levels, now), BundledSource(), min_ledger_examples
+    )
+
+
+def pick_sources(
+    data: str,
+    live: TrainingSource,
+    bundled: TrainingSource,
+    min_ledger_examples: int = MIN_LEDGER_EXAMPLES,
+) -> list[TrainingSource]:
+    """Which of the live verdicts and the bundled recordings to train on (pure; the
+    scheduled retrain and the simulator's both decide here):
+
+    - ``auto``: the live verdicts, plus the bundled recordings while there are fewer than
+      ``min_ledger_examples`` judged examples (a fresh install: the bundled alone);
+    - ``ledger``: the live verdicts alone; ``bundled``: the recordings alone; ``both``: both.
+
+    ``live`` must have ``judged()``: its examples that carry a verdict.
+
+    Raises:
+        ConfigError: an unknown choice, or ``ledger`` with no judged example.
+    """
+    if data not in DATA_CHOICES:
+        raise ConfigError(f"training data {data!r}: choose one of {', '.join(DATA_CHOICES)}")
+    if data == "bundled":
+        return [bundled]
+    judged = live.judged()  # type: ignore[attr-defined]
     if data == "ledger":
         if judged == 0:
             raise ConfigError(
                 "training data 'ledger': the ledger has no judged requests with kept prompts "
                 "(enable the quality loop: judge_sample_share > 0, then `sprout judge run`)"
             )
-        return [source]
+        return [live]
     if judged >= min_ledger_examples and data == "auto":
-        return [source]
-    has_any = bool(list(source.examples()))  # unjudged ones still train the cost model
-    return [source, BundledSource()] if has_any else [BundledSource()]
+        return [live]
+    has_any = bool(list(live.examples()))  # unjudged ones still train the cost model
+    return [live, bundled] if has_any else [bundled]
 
 
 @dataclass(frozen=True)
