@@ -18,6 +18,10 @@ _DEFAULT_METHODS = "base,co2_opt,model_opt,static,sprout,oracle,oracle_request"
 #: The default of ``--judge-energy-wh`` (sprout.sim.evaluate.JUDGE_ENERGY_WH; kept here so
 #: that building the parser imports no numpy).
 JUDGE_ENERGY_WH_DEFAULT = 0.3
+#: Defaults of ``--judge-share`` and ``--retrain-every`` (sprout.judge.sampler's
+#: RECOMMENDED_JUDGE_SHARE, sprout.sim.loop's DEFAULT_RETRAIN_EVERY_H).
+JUDGE_SHARE_DEFAULT = 0.02
+RETRAIN_EVERY_DEFAULT = 24
 
 
 def parse_seeds(spec: str) -> tuple[int, ...]:
@@ -202,6 +206,23 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--judged-per-hour, the requests each hour replays). Sprout's evaluator judges a "
         "fixed --judged-per-hour prompts per run; contextual judges a share of the traffic",
     )
+    p.add_argument(
+        "--judge-share",
+        type=float,
+        default=JUDGE_SHARE_DEFAULT,
+        metavar="S",
+        help="share of the per-request policy's served requests its quality loop judges "
+        f"(default {JUDGE_SHARE_DEFAULT:g}: the share recommended for production, see the "
+        "README's quality loop; 0: no loop)",
+    )
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=RETRAIN_EVERY_DEFAULT,
+        metavar="HOURS",
+        help="hours between the quality loop's scheduled retrains of the per-request policy "
+        f"(default {RETRAIN_EVERY_DEFAULT}: retrain_cron's daily schedule; 0: never)",
+    )
     p.set_defaults(func=run_simulate)
     return p
 
@@ -236,6 +257,7 @@ def split_for(
 
 def _config(args: argparse.Namespace) -> Any:
     from sprout.sim.engine import SimConfig
+    from sprout.sim.loop import LoopConfig
     from sprout.sim.scenario import parse_family_share, parse_unseen
 
     methods = parse_methods(args.methods)
@@ -258,6 +280,7 @@ def _config(args: argparse.Namespace) -> Any:
         family_share=family_share,
         judge_energy_wh=args.judge_energy_wh,
         requests_per_hour=args.requests_per_hour,
+        loop=LoopConfig(judge_share=args.judge_share, retrain_every_h=args.retrain_every),
     )
 
 

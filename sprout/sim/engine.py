@@ -18,6 +18,7 @@ from sprout.errors import ConfigError
 from sprout.judge.timing import TimingRule
 from sprout.sim.carbon import DEFAULT_HISTORY_HOURS, MODES, CarbonWindow, carbon_window
 from sprout.sim.evaluate import JUDGE_ENERGY_WH, MethodSeries, run_method
+from sprout.sim.loop import LoopConfig
 from sprout.sim.methods.base import SimSetup, create_method, method_class
 from sprout.sim.metrics import Spread, carbon_saving, normalized_preference
 from sprout.sim.mix import mix_schedule
@@ -62,6 +63,7 @@ class SimConfig:
         requests_per_hour: served requests per hour the overhead is set against (None: the
             hour's sampled prompts, ``n_judged``). Sprout's evaluator judges ``n_judged``
             prompts per run whatever the traffic; a per-request sample grows with it.
+        loop: the quality loop of the per-request policy (judge share, retraining).
     """
 
     carbon: str | Path = "GB"
@@ -83,6 +85,7 @@ class SimConfig:
     family_share: tuple[tuple[str, float], ...] = ()
     judge_energy_wh: float = JUDGE_ENERGY_WH
     requests_per_hour: int | None = None
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self) -> None:
         if self.requests_per_hour is not None and self.requests_per_hour < 1:
@@ -115,6 +118,13 @@ class SimConfig:
             raise ConfigError(f"hours must be >= 1, got {self.hours}")
         if self.start_hour < 0:
             raise ConfigError(f"start hour must be >= 0, got {self.start_hour}")
+
+    @property
+    def loop_grades(self) -> bool:
+        """Whether a per-request method retrains in the window, so that quality is graded on
+        the half of the held-out prompts its loop never samples (see sprout.sim.loop)."""
+        learns = any(getattr(method_class(n), "trains_on_verdicts", False) for n in self.methods)
+        return learns and self.loop.retrains
 
 
 @dataclass(frozen=True)
@@ -222,14 +232,20 @@ def _setups(
     mix_rng, sample_rng = seed_generators(seed)
     schedule = mix_schedule(load_pai_jobs(), config.hours, mix_rng, len(workload.datasets))
     shares = shift_shares(schedule.shares, workload.datasets, config.family_share)
+    evaluated = config.split.evaluated(workload)
     samples = sample_hours(
         workload,
         shares,
         sample_rng,
-        evaluated=config.split.evaluated(workload),
+        evaluated=evaluated,
         n_judged=config.n_judged,
         n_energy=config.n_energy,
     )
+    loop_pool = graded = None
+    if config.loop_grades:
+        loop_pool, graded = config.loop.pools(
+            evaluated, workload.start, workload.count, config.split.seed
+        )
     return [
         SimSetup(
             workload,
@@ -242,6 +258,10 @@ def _setups(
             config.split,
             config.judge_energy_wh,
             config.requests_per_hour or 0,
+            config.loop,
+            loop_pool,
+            graded,
+            seed,
         )
         for xi in config.xis
     ]

@@ -141,16 +141,31 @@ def run_method(
     mix = np.empty((hours, len(levels)))
     per_request = False
     seen_rows: list[np.ndarray] = []
+    base_quality = setup.samples.quality[:, base_code].copy()
     for h in range(hours):
         hour = inputs[h] if inputs is not None else setup.hour(h)
         seen_rows.append(hour.judged_rows)
+        # Quality is graded on the graded rows only (all of the hour's judged prompts by
+        # default; see sprout.sim.loop on a retraining loop's separate half).
+        graded = (
+            np.ones(hour.judged_rows.size, dtype=bool)
+            if setup.graded is None
+            else setup.graded[hour.judged_rows]
+        )
+        verdicts = workload.verdict[hour.judged_rows[graded]]
+        hour_quality = (
+            hour.quality
+            if setup.graded is None
+            else np.array([(verdicts == k).mean() for k in range(hour.quality.size)])
+        )
+        base_quality[h] = hour_quality[base_code]
         decision = method.decide(hour)
         if isinstance(decision, Shares):
             x = np.asarray(decision.x, dtype=float)
             if x.shape != (len(levels),) or abs(x.sum() - 1.0) > 1e-6 or np.any(x < -1e-9):
                 raise ValueError(f"{method.name}: hour {h}: not a mix over {levels}: {x}")
             carbon[h] = float(x @ level_carbon[h])
-            quality[h] = float(x @ hour.quality[code_arr]) if known else math.nan
+            quality[h] = float(x @ hour_quality[code_arr]) if known else math.nan
             mix[h] = x
         elif isinstance(decision, Assignment):
             per_request = True
@@ -167,9 +182,7 @@ def run_method(
                     + setup.embodied_g_per_s * workload.time_s[rows, c]
                 )
             )
-            quality[h] = (
-                float(np.mean(workload.verdict[rows] == code_arr[a])) if known else math.nan
-            )
+            quality[h] = float(np.mean(verdicts == code_arr[a[graded]])) if known else math.nan
             mix[h] = np.bincount(a, minlength=len(levels)) / a.size
         else:
             raise TypeError(f"{method.name}: decide() returned {type(decision).__name__}")
@@ -178,7 +191,7 @@ def run_method(
         levels=levels,
         carbon_g=carbon,
         quality=quality,
-        base_quality=setup.samples.quality[:, base_code].copy(),
+        base_quality=base_quality,
         mix=mix,
         per_request=per_request,
         overhead_g=judging_overhead_g(method, setup, levels),

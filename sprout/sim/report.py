@@ -81,6 +81,11 @@ def to_json(result: SimResult) -> dict[str, Any]:
         JUDGE_ENERGY_SOURCE if c.judge_energy_wh == JUDGE_ENERGY_WH else "--judge-energy-wh"
     )
     doc["requests_per_hour"] = c.requests_per_hour or c.n_judged
+    doc["quality_loop"] = {
+        "judge_share": c.loop.judge_share,
+        "retrain_every_h": c.loop.retrain_every_h,
+        "graded_on_unsampled_half": c.loop_grades,
+    }
     return doc
 
 
@@ -147,6 +152,12 @@ def format_run(result: SimResult, run: XiRun) -> str:
         scenario.append(f"unseen in training: {', '.join(c.split.unseen)}")
     if scenario:
         lines.append("scenario: " + "; ".join(scenario))
+    if c.loop_grades:
+        lines.append(
+            f"quality loop: {c.loop.judge_share:g} of contextual's requests judged, retrained "
+            f"every {c.loop.retrain_every_h} h; every method's quality graded on the half of "
+            "the held-out prompts the loop never samples"
+        )
     lines.append(
         "overhead: the carbon of the verdicts a method learns from (answers under the other "
         f"directives + one judge call of {c.judge_energy_wh:g} Wh each, at the judge run's "

@@ -24,6 +24,7 @@ from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
 from sprout.policy.base import CarbonContext
 from sprout.sim.carbon import CarbonWindow
+from sprout.sim.loop import LoopConfig
 from sprout.sim.sampling import HourSamples
 from sprout.sim.workload import PromptSplit, WorkloadArrays
 
@@ -73,6 +74,11 @@ class SimSetup:
         judge_energy_wh: energy of one judge call, Wh (charged to methods that judge).
         requests_per_hour: served requests per hour the overhead is set against (0: the
             hour's sampled prompts).
+        loop: the quality loop's configuration (per-request methods that learn).
+        loop_pool: (rows,) rows the quality loop may sample (None: every row).
+        graded: (rows,) rows whose verdicts grade quality (None: every judged row); see
+            :mod:`sprout.sim.loop` on why a retraining loop grades on a separate half.
+        seed: the workload seed (the loop's sampler draws from it).
     """
 
     workload: WorkloadArrays
@@ -85,6 +91,10 @@ class SimSetup:
     split: PromptSplit = field(default_factory=PromptSplit)
     judge_energy_wh: float = 0.0
     requests_per_hour: int = 0
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    loop_pool: np.ndarray | None = None
+    graded: np.ndarray | None = None
+    seed: int = 0
 
     @property
     def traffic_per_hour(self) -> int:

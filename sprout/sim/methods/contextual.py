@@ -8,21 +8,23 @@ the hour's prompts with the live policy object (:class:`ContextualPolicy`): the 
 multiplier is fitted on the predictions of the previous hour's prompts, as the controller
 fits it on the requests it has served, never on the hour it is deciding.
 
-Like the live policy, it learns from the quality loop: a share (:data:`FEEDBACK_SHARE`) of
-the requests it serves is judged, and at each run of the offline evaluator (Sprout's timing
-rule, the only hours Sprout's own method may refresh its quality estimate) the verdicts of
-those served since the last run revise its safety margin
-(:meth:`ContextualPolicy.record_verdicts`). Only that scalar learns from held-out verdicts,
-only from hours already served; the model never sees them.
+Like the live policy, it learns from its quality loop (:mod:`sprout.sim.loop`, the live
+loop's functions): a ``--judge-share`` of the requests it serves is judged when the judge
+job's rule says so; the verdicts set the quality guard's share of baseline requests and
+revise the safety margin, and the scheduled retrain refits the model on them (beside the
+training split) every ``--retrain-every`` hours. The model sees held-out verdicts only
+through the loop, only of requests already served, and quality is then graded on prompts the
+loop never samples.
 
 ``contextual_lp`` is the same policy held to Sprout's floor exactly (anchored as the LP,
 no safety margin, no feedback): the like-for-like comparison with ``sprout`` and
 ``oracle_request``.
 
 Its verdicts are charged (:meth:`Method.record_judging`): each judged request's answers
-under the other directives and one judge call, at the evaluator run's hour. The training
+under the other directives and one judge call, at the judge run's hour. The training
 split's bundled verdicts are not charged (a one-off cost before the window). With
-``PromptSplit.unseen`` the unseen families' rows are left out of every training input.
+``PromptSplit.unseen`` the unseen families' rows are left out of every training input but
+the loop's own verdicts.
 
 Training takes seconds, so a trained model and its predictions are kept per process for
 each (workload, split, levels, embodied rate): every seed and xi of a run reuse them.
@@ -31,6 +33,7 @@ each (workload, split, levels, embodied rate): every seed and xi of a run reuse 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,6 +41,7 @@ import numpy as np
 from sprout.data import LEVELS
 from sprout.errors import ConfigError
 from sprout.policy.contextual import ContextualModel, ContextualPolicy, LevelPrediction, fit_model
+from sprout.sim.loop import ExampleSource, SimQualityLoop, retrain_policy
 from sprout.sim.methods.base import (
     Assignment,
     HourInputs,
@@ -50,8 +54,6 @@ from sprout.sim.workload import PromptSplit, WorkloadArrays
 
 #: Training prompts whose predictions seed the multiplier before the first hour.
 REFERENCE_PROMPTS = 1000
-#: Share of served requests the quality loop judges (every 1/share-th of an hour's).
-FEEDBACK_SHARE = 0.1
 
 
 @functools.lru_cache(maxsize=2)
@@ -136,18 +138,11 @@ def _train(
             "training_rows": int(train_rows.size),
         },
     )
-    eval_rows = np.flatnonzero(evaluated)
-    predicted = model.predict([texts[r] for r in eval_rows])
-    n, k = workload.rows, len(levels)
-    full = [np.full((n, k), np.nan) for _ in range(3)]
-    parts = (predicted.pref, predicted.energy_kwh, predicted.time_s)
-    for arr, part in zip(full, parts, strict=True):
-        arr[eval_rows] = part
     rng = np.random.default_rng(split.seed)
     judged_train = np.flatnonzero(training)
     ref_rows = rng.permutation(judged_train)[:REFERENCE_PROMPTS]
     reference = model.predict([texts[r] for r in ref_rows])
-    return model, report.as_dict(), LevelPrediction(*full), reference
+    return model, report.as_dict(), _predict_evaluated(model, workload, split), reference
 
 
 @register_method
@@ -171,12 +166,44 @@ class Contextual(Method):
     use_margin: ClassVar[bool] = True
 
     def start(self, setup: SimSetup) -> None:
-        """Train (or reuse) the model on the training split; build the live policy."""
+        """Train (or reuse) the model on the training split; build the live policy and,
+        with the margin learnt, the quality loop."""
         levels = self.levels(setup)
         model, self.fit_report, self._pred, reference = _trained(
             setup.workload, setup.split, levels, setup.embodied_g_per_s
         )
-        self.policy = ContextualPolicy(
+        self._setup = setup
+        self._levels = levels
+        self._window = int(setup.samples.judged_rows.shape[1])
+        self.policy = self._policy(model, reference)
+        self.version = 0
+        self._guard_rng = np.random.default_rng(np.random.SeedSequence([setup.split.seed, 0x6A]))
+        self.loop: SimQualityLoop | None = None
+        if self.use_margin and setup.loop.judge_share > 0:
+            from dataclasses import replace
+
+            from sprout.judge.job import prior_quality
+
+            floor = setup.loop.guard_floor
+            if floor is None:
+                floor = 1.0 - setup.xi
+            config = replace(setup.loop, judge=replace(setup.loop.judge, floor=floor))
+            self.loop = SimQualityLoop(
+                config,
+                levels,
+                prior_quality(setup.directives),
+                setup.loop_pool
+                if setup.loop_pool is not None
+                else np.ones(setup.workload.rows, dtype=bool),
+                _preferred_levels(setup.workload.verdict, levels),
+                setup.seed,
+            )
+
+    def _policy(
+        self, model: ContextualModel, reference: LevelPrediction | None
+    ) -> ContextualPolicy:
+        setup = self._setup
+        return ContextualPolicy(
             model,
             setup.directives,
             setup.xi,
@@ -185,45 +212,143 @@ class Contextual(Method):
             margin=None if self.use_margin else 0.0,
             learn_margin=self.use_margin,
             reference=reference,
-            window=int(setup.samples.judged_rows.shape[1]),
+            window=self._window,
         )
-        self._verdict = setup.workload.verdict
-        self._levels = levels
-        self._stride = max(1, round(1.0 / FEEDBACK_SHARE))
-        self._judged: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]] = []
 
     def decide(self, hour: HourInputs) -> Assignment:
-        """Decide the hour's prompts against the multiplier fitted on earlier ones."""
+        """Run the loop's jobs due at this hour, then decide the hour's prompts against the
+        multiplier fitted on earlier ones (the guard's share served at the baseline)."""
+        if self.loop is not None:
+            self._loop_jobs(hour)
         rows = hour.judged_rows
         p = self._pred
         prediction = LevelPrediction(p.pref[rows], p.energy_kwh[rows], p.time_s[rows])
         if np.isnan(prediction.pref).any():
             raise ConfigError("contextual: asked to decide prompts outside the held-out split")
-        level = self.policy.choose(prediction, hour.carbon)
-        self.policy.observe(prediction, level)
-        if self.use_margin:
-            # Quality is scored per hour: each verdict is read against its hour's expected
-            # baseline preference and normalized preference.
-            q0 = float(prediction.pref[:, 0].mean())
-            ratio = float(prediction.pref[np.arange(level.size), level].mean()) / max(q0, 1e-9)
-            sample = slice(None, None, self._stride)
-            self._judged.append((prediction.pref[sample], level[sample], rows[sample], q0, ratio))
-            if hour.evaluator_runs:
-                self._feedback(hour.hour)
+        level = np.zeros(rows.size, dtype=np.int64)
+        forced = np.zeros(rows.size, dtype=bool)
+        if self.loop is not None:
+            forced = self.loop.guard_forced(rows.size, self._guard_rng)
+        own = ~forced
+        if own.any():
+            mine = LevelPrediction(
+                prediction.pref[own], prediction.energy_kwh[own], prediction.time_s[own]
+            )
+            level[own] = self.policy.choose(mine, hour.carbon)
+            self.policy.observe(mine, level[own])
+        if self.loop is not None:
+            self.loop.offer(hour.hour, rows, level, forced, self.version)
         return Assignment(level)
 
-    def _feedback(self, hour: int) -> None:
-        """The evaluator's run: the verdicts of the requests sampled since the last one
-        (their other directives' answers and the judge's calls are charged to ``hour``)."""
-        pref = np.concatenate([j[0] for j in self._judged])
-        served = np.concatenate([j[1] for j in self._judged])
-        rows = np.concatenate([j[2] for j in self._judged])
-        q0 = np.concatenate([np.full(j[1].size, j[3]) for j in self._judged])
-        ratio = np.concatenate([np.full(j[1].size, j[4]) for j in self._judged])
-        self.record_judging(hour, rows, served_level=served, share_of_traffic=True)
-        preferred = _preferred_levels(self._verdict[rows], self._levels)
-        self.policy.record_verdicts(pref, served, preferred, base_mean=q0, ratio=ratio)
-        self._judged.clear()
+    def _loop_jobs(self, hour: HourInputs) -> None:
+        """The scheduled retrain (if due), then the judge job's tick at this hour."""
+        loop = self.loop
+        assert loop is not None
+        setup = self._setup
+        w = setup.workload
+        texts = _texts(w.ids)
+        cols = [w.key_index(n) for n in self._levels]
+        if loop.retrain_due(hour.hour):
+            live = ExampleSource(
+                "ledger",
+                loop.ledger_examples(hour.hour, texts, w.energy_kwh[:, cols], w.time_s[:, cols]),
+            )
+            bundled = ExampleSource("bundled", _bundled_examples(w, setup.split, self._levels))
+
+            def build(params: dict[str, Any]) -> ContextualPolicy:
+                from sprout.policy.retrain import policy_from_params
+
+                return policy_from_params(
+                    params,
+                    setup.directives,
+                    setup.xi,
+                    setup.embodied_g_per_s,
+                    anchor=self.anchor,
+                    window=self._window,
+                )
+
+            self.policy, _ = retrain_policy(
+                loop.config, live, bundled, self._levels, build, setup.embodied_g_per_s
+            )
+            self.version += 1
+            loop.retrained += 1
+            self._pred = _predict_evaluated(self.policy.model, w, setup.split)
+        judged = loop.tick(hour.hour, hour.carbon.ci_g_per_kwh, hour.carbon.ci_mean)
+        if judged is None:
+            return
+        if judged.size:
+            self.record_judging(
+                hour.hour, judged[:, 0], served_level=judged[:, 1], share_of_traffic=True
+            )
+        loop.estimate(hour.hour)
+        verdicts, rows = loop.own_verdicts(hour.hour, self.version, texts)
+        p = self._pred
+        by_text = {texts[int(r)]: int(r) for r in rows}
+
+        def predict(prompts: Sequence[str]) -> LevelPrediction:
+            idx = np.array([by_text[t] for t in prompts], dtype=np.int64)
+            return LevelPrediction(p.pref[idx], p.energy_kwh[idx], p.time_s[idx])
+
+        self.policy.learn_verdicts(verdicts, replace=True, predict=predict)
+
+
+def _bundled_examples(
+    workload: WorkloadArrays, split: PromptSplit, levels: tuple[str, ...]
+) -> list[Any]:
+    """The training split as the bundled source's examples (never an unseen family's row)."""
+    return list(_bundled_cached(workload, split, levels))
+
+
+_BUNDLED: dict[tuple[Any, ...], tuple[WorkloadArrays, tuple[Any, ...]]] = {}
+
+
+def _bundled_cached(
+    workload: WorkloadArrays, split: PromptSplit, levels: tuple[str, ...]
+) -> tuple[Any, ...]:
+    from sprout.policy.retrain import TrainingExample
+
+    key = (id(workload), split, levels)
+    hit = _BUNDLED.get(key)
+    if hit is not None and hit[0] is workload:
+        return hit[1]
+    texts = _texts(workload.ids)
+    evaluated = split.evaluated(workload)
+    training = split.training(workload)
+    rows = np.flatnonzero(~evaluated & split.seen(workload))
+    cols = [workload.key_index(n) for n in levels]
+    preferred = _preferred_levels(workload.verdict, levels)
+    groups = np.repeat(np.array(workload.datasets), workload.count)
+    out = tuple(
+        TrainingExample(
+            prompt=texts[r],
+            preferred_level=levels[preferred[r]] if training[r] and preferred[r] >= 0 else None,
+            energy_kwh=dict(zip(levels, workload.energy_kwh[r, cols].tolist(), strict=True)),
+            time_s=dict(zip(levels, workload.time_s[r, cols].tolist(), strict=True)),
+            group=str(groups[r]),
+            source="bundled",
+        )
+        for r in rows
+    )
+    if len(_BUNDLED) >= _CACHE_SIZE:
+        _BUNDLED.pop(next(iter(_BUNDLED)))
+    _BUNDLED[key] = (workload, out)
+    return out
+
+
+def _predict_evaluated(
+    model: ContextualModel, workload: WorkloadArrays, split: PromptSplit
+) -> LevelPrediction:
+    """``model``'s predictions for every evaluated row (NaN elsewhere)."""
+    texts = _texts(workload.ids)
+    eval_rows = np.flatnonzero(split.evaluated(workload))
+    predicted = model.predict([texts[r] for r in eval_rows])
+    n, k = workload.rows, len(model.levels)
+    full = [np.full((n, k), np.nan) for _ in range(3)]
+    for arr, part in zip(
+        full, (predicted.pref, predicted.energy_kwh, predicted.time_s), strict=True
+    ):
+        arr[eval_rows] = part
+    return LevelPrediction(*full)
 
 
 @register_method
