@@ -14,7 +14,8 @@ quality loop that differ in one lever each:
 - ``floor-F[-both]``: the guard holding F instead of ``1 - xi`` (with ``-both``: retraining
   on both sources).
 
-``--coverage`` prints instead the out-of-distribution test that was tried and not adopted:
+``--standard`` runs the variants on the standard protocol instead (no shift, nothing
+unseen). ``--coverage`` prints instead the out-of-distribution test that was tried and not adopted:
 how many of each family's prompts fall below the training prompts' 5th percentile of
 vocabulary coverage, with ``--family`` unseen.
 
@@ -99,8 +100,8 @@ def run(
         hours=hours,
         methods=("contextual",),
         seeds=seeds,
-        split=PromptSplit(0, 0.5, (family,) if unseen else ()),
-        family_share=((family, 0.5),),
+        split=PromptSplit(0, 0.5, (family,) if unseen and family else ()),
+        family_share=((family, 0.5),) if family else (),
         loop=loop_config(variant),
     )
     s = simulate(config).runs[0].methods["contextual"]
@@ -153,6 +154,35 @@ def coverage_table(family: str) -> dict[str, float]:
     return out
 
 
+def standard(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
+    """The variants on the standard protocol (no shift, nothing unseen)."""
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        loop_config(v)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            v: pool.submit(run, v, False, args.zone, args.start, None, args.hours, seeds)
+            for v in variants
+        }
+        res = {v: f.result() for v, f in futures.items()}
+    print(
+        f"{args.zone} from hour {args.start}, {args.hours} h, seeds {args.seeds}, causal, "
+        "xi 0.1; standard protocol"
+    )
+    print("| variant | gross / net / pref % | judged / h |")
+    print("|---|---|---|")
+    for v in variants:
+        r = res[v]
+        print(
+            f"| {v} | {100 * r['gross']:.1f} / {100 * r['net']:.1f} / {100 * r['pref']:.1f} | "
+            f"{r['judged_per_h']:.1f} |"
+        )
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    emit({f"{v}_{k}": round(100 * res[v][k], 2) for v in variants for k in ("net", "pref")})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zone", default="GB")
@@ -162,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument(
+        "--standard",
+        action="store_true",
+        help="run the variants on the standard protocol instead (no shift, nothing unseen)",
+    )
     p.add_argument(
         "--coverage",
         action="store_true",
@@ -174,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lo, _, hi = args.seeds.partition("-")
     seeds = tuple(range(int(lo), int(hi) + 1)) if hi else (int(lo),)
+    if args.standard:
+        return standard(args, seeds)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         loop_config(v)  # fail early on a bad name

@@ -331,8 +331,8 @@ def test_the_litellm_proxy_with_the_readme_config(tmp_path, upstream):
             assert proxy.poll() is None, "LiteLLM's proxy exited"
             try:
                 return requests.get(f"{base}/health/liveliness", timeout=1).ok
-            except requests.ConnectionError:
-                return False
+            except (requests.ConnectionError, requests.Timeout):
+                return False  # not up yet, or still starting on a loaded machine
 
         assert wait_until(ready, timeout_s=120)
         body = {"model": MODEL, "messages": ask()}
