@@ -64,7 +64,7 @@ def run_one(
         carbon=zone,
         start_hour=start,
         hours=hours,
-        methods=METHODS,
+        methods=("base", *METHODS),
         seeds=seeds,
         split=PromptSplit(0, 0.5, (family,) if unseen and family else ()),
         family_share=((family, SHARE),) if family else (),
@@ -89,11 +89,12 @@ def run_one(
         },
     }
     series = run.first_seed["contextual"]
-    base = result.runs[0].first_seed["sprout"]  # any method: base quality is shared
+    base = run.first_seed["base"]
     out["series"] = {
         "quality": series.quality.tolist(),
-        "base_quality": base.base_quality.tolist(),
+        "base_quality": series.base_quality.tolist(),
         "carbon_g": series.carbon_g.tolist(),
+        "base_carbon_g": base.carbon_g.tolist(),
     }
     return out
 
@@ -119,8 +120,9 @@ def _seeds(value: str) -> tuple[int, ...]:
     return tuple(range(int(lo), int(hi) + 1)) if hi else tuple(int(v) for v in _csv(value))
 
 
-def _figure(path: Path, cell: dict[str, Any], base: dict[str, Any]) -> None:
-    """Rolling (24 h) normalized preference and saving of contextual over the window."""
+def _figure(path: Path, cell: dict[str, Any]) -> None:
+    """Rolling (24 h) normalized preference of contextual over the window and, when the
+    series has always-L0's hourly carbon, its rolling saving against it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,27 +130,26 @@ def _figure(path: Path, cell: dict[str, Any], base: dict[str, Any]) -> None:
     import numpy as np
 
     def rolling(x: np.ndarray, n: int = 24) -> np.ndarray:
-        c = np.convolve(np.nan_to_num(x), np.ones(n), "valid")
-        return c / n
+        return np.convolve(np.nan_to_num(x), np.ones(n), "valid") / n
 
-    q = np.array(cell["series"]["quality"])
-    q0 = np.array(cell["series"]["base_quality"])
-    pref = rolling(q) / np.maximum(rolling(q0), 1e-9)
-    g = np.array(cell["series"]["carbon_g"])
-    # Always-L0's carbon per request is not in the series: the saving uses the cell's mean
-    # ratio of contextual's carbon to gross saving (exact on the window mean).
-    ratio = 1.0 - base["methods"]["contextual"]["gross"]
-    g0_mean = float(g.mean()) / max(ratio, 1e-9)
-    saving = 1.0 - rolling(g) / g0_mean
+    series = cell["series"]
+    pref = rolling(np.array(series["quality"])) / np.maximum(
+        rolling(np.array(series["base_quality"])), 1e-9
+    )
     hours = np.arange(pref.size) + 24
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.plot(hours, 100 * pref, label="normalized preference % (24 h rolling)")
-    ax.plot(hours, 100 * saving, label="gross saving % (24 h rolling, vs window-mean L0)")
-    ax.axhline(100 * PREF_FLOOR, color="grey", ls="--", lw=0.8, label="99 % floor")
+    if "base_carbon_g" in series:
+        saving = 1.0 - rolling(np.array(series["carbon_g"])) / rolling(
+            np.array(series["base_carbon_g"])
+        )
+        ax.plot(hours, 100 * saving, label="gross saving % (24 h rolling)")
+    ax.axhline(100 * PREF_FLOOR, color="grey", ls="--", lw=0.8, label="99 % target")
     ax.set_xlabel("hour of the window")
+    ax.set_ylabel("%")
     ax.set_title(
         f"contextual, {cell['family']} unseen at share {SHARE}: {cell['zone']} from hour "
-        f"{cell['start']} (seed {0})"
+        f"{cell['start']} (first seed)"
     )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if cell is None:
             print(f"--figure-cell {args.figure_cell} was not run", file=sys.stderr)
         else:
-            _figure(args.figure, cell, cell)
+            _figure(args.figure, cell)
             print(f"wrote {args.figure}")
     emit(
         {
