@@ -135,16 +135,15 @@ class Verdicts:
         if not self.rows:
             names = ("served_h", "rows", "served", "preferred", "forced", "version")
             return {n: np.empty(0, dtype=np.int64) for n in names}
-        cols = {
-            name: np.concatenate(getattr(self, name))
-            for name in ("served_h", "rows", "served", "preferred", "forced", "version")
-        }
+        cols = {}
+        for name in ("served_h", "rows", "served", "preferred", "forced", "version"):
+            # Compacted as read: the next read (each judge run reads twice) concatenates
+            # only what was added since.
+            col = np.concatenate(getattr(self, name))
+            setattr(self, name, [col])
+            cols[name] = col
         keep = cols["served_h"] >= h
         return {name: col[keep] for name, col in cols.items()}
-
-    @property
-    def count(self) -> int:
-        return int(sum(r.size for r in self.rows))
 
 
 class SimQualityLoop:
@@ -179,8 +178,6 @@ class SimQualityLoop:
         self.queue: list[tuple[Any, ...]] = []
         self.verdicts = Verdicts()
         self.l0_share = 0.0
-        self.runs = 0
-        self.retrained = 0
 
     # --- serving ---------------------------------------------------------------------------
 
@@ -202,7 +199,7 @@ class SimQualityLoop:
         if pick.any():
             # Served through the hour: each request at its own minute.
             times = hour + (np.flatnonzero(pick) + 0.5) / rows.size
-            self.queue.append((hour, times, rows[pick], served[pick], forced[pick], version))
+            self.queue.append((times, rows[pick], served[pick], forced[pick], version))
 
     # --- the judge job ---------------------------------------------------------------------
 
@@ -213,7 +210,7 @@ class SimQualityLoop:
             (judged, 3) int array of ``row, served level, forced`` for the charged answers.
         """
         now_h = hour + TICK_MINUTE / 60.0
-        oldest = float(self.queue[0][1][0]) if self.queue else None
+        oldest = float(self.queue[0][0][0]) if self.queue else None
 
         cfg = self.config.judge
         reason = judge_run_reason(
@@ -227,7 +224,6 @@ class SimQualityLoop:
         )
         if reason is None:
             return None
-        self.runs += 1
         batch = self._take(cfg.batch_size)
         times, rows, served, forced, version = batch
         self.verdicts.add(
@@ -245,13 +241,13 @@ class SimQualityLoop:
         parts: list[tuple[np.ndarray, ...]] = []
         left = limit
         while self.queue and left > 0:
-            hour, times, rows, served, forced, version = self.queue[0]
+            times, rows, served, forced, version = self.queue[0]
             n = min(left, rows.size)
             parts.append((times[:n], rows[:n], served[:n], forced[:n], np.full(n, version)))
             if n == rows.size:
                 self.queue.pop(0)
             else:
-                self.queue[0] = (hour, times[n:], rows[n:], served[n:], forced[n:], version)
+                self.queue[0] = (times[n:], rows[n:], served[n:], forced[n:], version)
             left -= n
         if not parts:
             empty = np.empty(0, dtype=np.int64)
@@ -335,7 +331,7 @@ class SimQualityLoop:
         from sprout.policy.retrain import TrainingExample
 
         cfg = self.config.judge
-        v = self.verdicts.since(hour - 8 * cfg.half_life_h)
+        v = self.verdicts.since(hour - cfg.horizon_h)
         out = []
         for r, p, t in zip(v["rows"], v["preferred"], v["served_h"], strict=True):
             r = int(r)
@@ -375,9 +371,9 @@ def retrain_policy(
     levels: Sequence[str],
     build: Callable[[dict[str, Any]], Any],
     embodied_g_per_s: float,
-) -> tuple[Any, dict[str, Any]]:
+) -> Any:
     """The scheduled retrain: sources picked as live, fitted by :func:`retrain`, the policy
-    built from the stored form by ``build(params)``. Returns the policy and the metrics."""
+    built from the stored form by ``build(params)``."""
     from sprout.policy.retrain import pick_sources, retrain
 
     opts = config.retrain
@@ -392,7 +388,7 @@ def retrain_policy(
         embodied_g_per_s=embodied_g_per_s,
         store=False,
     )
-    return build(result.params()), result.metrics
+    return build(result.params())
 
 
 __all__ = [

@@ -267,11 +267,10 @@ class Contextual(Method):
                     window=self._window,
                 )
 
-            self.policy, _ = retrain_policy(
+            self.policy = retrain_policy(
                 loop.config, live, bundled, self._levels, build, setup.embodied_g_per_s
             )
             self.version += 1
-            loop.retrained += 1
             self._pred = _predict_evaluated(self.policy.model, w, setup.split)
         judged = loop.tick(hour.hour, hour.carbon.ci_g_per_kwh, hour.carbon.ci_mean)
         if judged is None:
