@@ -34,7 +34,10 @@ MODEL = "workers-model"
 REPLY = "Lisbon is the capital of Portugal. It sits on the Tagus estuary."
 WORKERS = 2
 CLIENTS = 16
-LOAD_S = 3.0
+#: Load until this many requests are answered, for at most ``LOAD_MAX_S`` (a loaded CI
+#: machine answers a few dozen a second, an idle one hundreds).
+ANSWERED = 100
+LOAD_MAX_S = 30.0
 REQUESTS_PER_CONNECTION = 10
 SPROUT = Path(sys.executable).with_name("sprout")
 
@@ -55,12 +58,19 @@ def _journals(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("*.spool.jsonl.journal-*"))
 
 
+def _ready(log: Path) -> int:
+    """How many workers have logged that their app is built."""
+    return len(re.findall(r"worker \d+ ready", log.read_text())) if log.exists() else 0
+
+
 def _start(
     tmp_path: Path, upstream: str, port: int, db_url: str, log: Path
 ) -> subprocess.Popen[bytes]:
     """``sprout serve --workers 2`` in its own process group; returns once both workers
-    hold a journal (their ledgers are open) and the port answers."""
-    cmd = [str(SPROUT), "serve", "--upstream", upstream, "--model", MODEL, "--port", str(port)]
+    have built their apps (they log "ready"; a worker still starting would leave the other
+    to take every connection) and the port answers."""
+    cmd = [str(SPROUT), "-v", "serve", "--upstream", upstream, "--model", MODEL]
+    cmd += ["--port", str(port)]
     cmd += ["--db", db_url, "--workers", str(WORKERS), "--threads", "32"]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin"),
@@ -69,6 +79,7 @@ def _start(
         "SPROUT_METER_CALIBRATE": "false",
         "TMPDIR": str(tmp_path),  # where a SIGKILLed parent leaves its (empty) status directory
     }
+    ready_before = _ready(log)  # a restart appends to the same log
     with open(log, "ab") as out:  # a file, not a pipe: nobody reads it while it runs
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
@@ -78,7 +89,7 @@ def _start(
     def up() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"sprout serve exited: {log.read_text()}")
-        if len(_journals(tmp_path)) < WORKERS:
+        if _ready(log) < ready_before + WORKERS:
             return False
         try:
             return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
@@ -180,17 +191,19 @@ def _serve_load_stop(tmp_path: Path, upstream: str, db_url: str) -> None:
     started = time.monotonic()
     proc = _start(tmp_path, upstream, port, db_url, log)
     try:
-        answered = _load(port, LOAD_S)
+        loaded = time.monotonic()
+        answered = _load(port, LOAD_MAX_S, until=lambda seen: len(seen) >= ANSWERED)
+        load_s = time.monotonic() - loaded
     finally:
         out = _stop(proc, log)
     assert f"{WORKERS} workers" in out and f"127.0.0.1:{port}/v1" in out
     assert not list(tmp_path.glob("sprout-serve-*")), "the parent's status directory is left"
-    assert len(answered) >= 50, f"only {len(answered)} answered"
+    assert len(answered) >= ANSWERED, f"only {len(answered)} answered in {load_s:.0f} s"
     chains = _check(answered, db_url, tmp_path)
     assert len(chains) >= WORKERS, f"one worker served everything: {chains}"
     pids = {chain.split(":")[1] for chain in chains}
     assert len(pids) >= WORKERS  # chains of distinct processes
-    rate = len(answered) / LOAD_S
+    rate = len(answered) / load_s
     print(f"{len(answered)} answered ({rate:.0f}/s), {len(chains)} chains, "
           f"{time.monotonic() - started:.1f} s in all")  # fmt: skip
 
