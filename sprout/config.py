@@ -21,6 +21,7 @@ from typing import Any, get_args, get_type_hints
 
 from sprout.accounting import SPROUT_EMBODIED_G, SPROUT_LIFETIME_YEARS
 from sprout.errors import ConfigError
+from sprout.policy.base import DEFAULT_MAX_LOSS
 
 DEFAULT_DB_FILE = "sprout-ledger.db"
 #: Carbon providers by name: local ones, then the live APIs (polled in the background).
@@ -76,6 +77,10 @@ class Settings:
             (0: never; the check runs on a background thread, not on requests).
         policy_margin_z: standard errors of cushion on the contextual policy's safety
             margin (0: its point estimate; 1: about 84% confidence that no quality is lost).
+        policy_max_loss: most the contextual policy may lower one request's predicted
+            chance of preference below the baseline's (None: no bound; the floor is then met
+            on the mean, trading across prompts). See
+            :func:`sprout.policy.assign.bounded_cost`.
         retrain_cron: when ``sprout retrain --schedule`` retrains the contextual policy
             (crontab, UTC: minute hour day month day_of_week).
         embodied_g: embodied carbon of the server, gCO2e.
@@ -200,6 +205,7 @@ class Settings:
     policy_kind: str = "auto"
     policy_refresh_s: float = 300.0
     policy_margin_z: float = 0.0
+    policy_max_loss: float | None = DEFAULT_MAX_LOSS
     retrain_cron: str = "0 3 * * *"
     embodied_g: float = SPROUT_EMBODIED_G
     lifetime_years: float = SPROUT_LIFETIME_YEARS
@@ -271,6 +277,11 @@ class Settings:
             ),
             ("policy_refresh_s", self.policy_refresh_s >= 0, "must be >= 0"),
             ("policy_margin_z", 0.0 <= self.policy_margin_z <= 5.0, "must lie in [0, 5]"),
+            (
+                "policy_max_loss",
+                self.policy_max_loss is None or 0.0 <= self.policy_max_loss <= 1.0,
+                "must lie in [0, 1] (or be unset: no bound)",
+            ),
             (
                 "retrain_cron",
                 len(self.retrain_cron.split()) == 5,
@@ -399,6 +410,8 @@ class Settings:
 def _coerce(name: str, kind: Any, value: Any, origin: str) -> Any:
     if isinstance(kind, types.UnionType):  # an optional setting (float | None): its type
         kind = next(k for k in get_args(kind) if k is not type(None))
+        if kind is not str and isinstance(value, str) and value.strip().lower() == "none":
+            return None  # a number unset where the default is one (TOML has no null)
     try:
         if kind is bool:
             if isinstance(value, str):

@@ -221,6 +221,7 @@ def _load_live_policy(
         rate,
         background=True,
         margin_z=settings.policy_margin_z,
+        max_loss=settings.policy_max_loss,
     )
 
 

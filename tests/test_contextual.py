@@ -11,7 +11,7 @@ import pytest
 from sprout.data import default_policy_path
 from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError, OptimizerError
-from sprout.policy.assign import choose, expected_carbon_g, multiplier
+from sprout.policy.assign import bounded_cost, choose, expected_carbon_g, finite_spread, multiplier
 from sprout.policy.base import CarbonContext
 from sprout.policy.contextual import (
     DENSE_FEATURES,
@@ -310,3 +310,60 @@ def test_decide_fast_path_matches_choose(fitted: tuple) -> None:
         assert a.decide(text, CTX, random.Random(0)).directive.name == LEVELS[level]
     np.testing.assert_allclose(a._recent, b._recent)
     assert a._period_chosen == pytest.approx(b._period_chosen)
+
+
+def test_bounded_cost_prices_out_levels_that_lose_too_much() -> None:
+    cost = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    pref = np.array([[0.5, 0.45, 0.2], [0.2, 0.3, 0.5]])
+    bounded = bounded_cost(cost, pref, 0.1)
+    assert bounded[0].tolist() == [3.0, 2.0, np.inf]  # L2 gives up 0.3 > 0.1
+    assert bounded[1].tolist() == [3.0, 2.0, 1.0]  # briefer is preferred: nothing lost
+    np.testing.assert_array_equal(bounded_cost(cost, pref, None), cost)
+    assert finite_spread(bounded).tolist() == [1.0, 2.0]
+    # With L2 priced out, no multiplier can pick it, however cheap carbon is.
+    assert choose(bounded, pref, 0.0).tolist() == [1, 2]
+    lam = multiplier(bounded, pref, 0.45)
+    assert np.isfinite(lam)
+    assert choose(bounded, pref, lam)[0] in (0, 1)
+
+
+def test_policy_bound_holds_each_kind_of_prompt_when_the_mix_shifts(fitted: tuple) -> None:
+    """Without a bound the floor is met on the mean by trading across prompts: an hour of
+    only the prompts that pay loses much. With ``max_loss``, no prompt's expected loss
+    exceeds it, whatever the mix."""
+    model, _ = fitted
+    rng = np.random.default_rng(1)
+    open_, brief = _kind_predictions(400, False, rng), _kind_predictions(400, True, rng)
+    both = LevelPrediction(
+        *(
+            np.vstack([getattr(open_, f), getattr(brief, f)])
+            for f in ("pref", "energy_kwh", "time_s")
+        )
+    )
+    losses = {}
+    for max_loss in (None, 0.05):
+        policy = _policy(model, reference=both, margin=0.0, max_loss=max_loss)
+        level = policy.choose(open_, CTX)  # an hour of open tasks only
+        rows = np.arange(level.size)
+        losses[max_loss] = open_.pref[:, 0] - open_.pref[rows, level]
+        assert (level >= 0).all()
+    assert losses[None].max() > 0.05  # some open task was made brief at a cost
+    assert losses[0.05].max() <= 0.05 + 1e-12
+    assert losses[0.05].mean() < losses[None].mean()
+    with pytest.raises(ConfigError, match="max_loss"):
+        _policy(model, max_loss=1.5)
+
+
+def test_decide_fast_path_matches_choose_under_a_bound(fitted: tuple) -> None:
+    model, _ = fitted
+    texts, *_ = synthetic(60, seed=5)
+    ref = model.predict(texts)
+    a = _policy(model, reference=ref, margin=0.1, max_loss=0.02)
+    b = _policy(model, reference=ref, margin=0.1, max_loss=0.02)
+    for text in texts[:30]:
+        one = model.predict_one(text)
+        level = int(b.choose(one, CTX)[0])
+        b.observe(one, level)
+        assert a.decide(text, CTX, random.Random(0)).directive.name == LEVELS[level]
+        pref = np.atleast_2d(one.pref)[0]
+        assert pref[0] - pref[level] <= 0.02 + 1e-12

@@ -19,6 +19,7 @@ from sprout.data import DATASETS, load_workload
 from sprout.errors import ConfigError
 from sprout.factory import build_controller, load_directives
 from sprout.ledger.store import Ledger
+from sprout.policy.base import DEFAULT_MAX_LOSS
 from sprout.policy.contextual import CONTEXTUAL_KIND, ContextualPolicy, FeatureConfig
 from sprout.policy.retrain import (
     BundledSource,
@@ -264,8 +265,14 @@ def test_controller_starts_with_the_stored_version(tmp_path: Path) -> None:
         policy = cushioned.policy
         assert isinstance(policy, ContextualPolicy) and policy.margin_estimate.z == 1.0
         assert policy.margin == pytest.approx(policy.margin_estimate.prior + result.model.margin_se)
+        assert policy.max_loss == DEFAULT_MAX_LOSS
     finally:
         cushioned.close()
+    bounded = build_controller(_settings(tmp_path, policy_max_loss=0.05), poll=False)
+    try:
+        assert isinstance(bounded.policy, ContextualPolicy) and bounded.policy.max_loss == 0.05
+    finally:
+        bounded.close()
     lp = build_controller(_settings(tmp_path, policy_kind="lp"), poll=False)
     try:
         assert lp.policy.kind == "sprout-lp"
@@ -317,6 +324,10 @@ def test_settings_validate_policy_options() -> None:
         load_settings(env={}, retrain_cron="daily")
     with pytest.raises(ConfigError, match="policy_margin_z"):
         load_settings(env={"SPROUT_POLICY_MARGIN_Z": "-1"})
+    with pytest.raises(ConfigError, match="policy_max_loss"):
+        load_settings(env={"SPROUT_POLICY_MAX_LOSS": "1.5"})
+    assert load_settings(env={"SPROUT_POLICY_MAX_LOSS": "0.1"}).policy_max_loss == 0.1
+    assert load_settings(env={"SPROUT_POLICY_MAX_LOSS": "none"}).policy_max_loss is None
 
 
 def test_cli_retrain_no_store(

@@ -311,16 +311,24 @@ def test_simulation_without_judging(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--judge-share", "1.5"), ("--judge-share", "-0.5"), ("--retrain-every", "-1")],
+    [
+        ("--judge-share", "1.5"),
+        ("--judge-share", "-0.5"),
+        ("--retrain-every", "-1"),
+        ("--max-loss", "1.5"),
+        ("--max-loss", "some"),
+    ],
 )
 def test_cli_rejects_bad_loop_options(
     capsys: pytest.CaptureFixture[str], flag: str, value: str
 ) -> None:
     from sprout.cli import main
 
-    code = main(
-        ["simulate", "--carbon", "GB", "--hours", "5", "--methods", "contextual", flag, value]
-    )
+    argv = ["simulate", "--carbon", "GB", "--hours", "5", "--methods", "contextual", flag, value]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # refused by the parser itself (argparse exits with 2)
+        code = e.code
     assert code == 2
     err = capsys.readouterr().err
     assert flag in err
@@ -349,3 +357,10 @@ def test_cli_defaults_are_the_products() -> None:
     )
     sim = build_parser().parse_args(["simulate", "--carbon", "GB"])
     assert (sim.judge_share, sim.retrain_every) == (RECOMMENDED_JUDGE_SHARE, 24)
+    # The per-request policy's bound: the live setting's default, and "none" turns it off.
+    from sprout.config import Settings
+    from sprout.sim.engine import SimConfig
+
+    assert sim.max_loss == Settings().policy_max_loss == SimConfig().policy_max_loss
+    none = build_parser().parse_args(["simulate", "--max-loss", "none"])
+    assert none.max_loss is None

@@ -67,6 +67,31 @@ def floor_fraction(
     return 1.0 - xi * relaxation(carbon.ci_g_per_kwh, carbon.ci_min, carbon.ci_max) + margin
 
 
+def bounded_cost(cost: np.ndarray, pref: np.ndarray, max_loss: float | None) -> np.ndarray:
+    """``cost`` with each level that would give up more than ``max_loss`` of a prompt's
+    chance of preference against the baseline (level 0) priced out (``inf``).
+
+    The floor is met on the mean over prompts, so without a bound it is met by trading:
+    prompts that lose little by brevity pay for others that lose much. When traffic shifts
+    towards the losers, or the model is wrong about a kind of prompt, the mean goes with
+    them. The bound keeps every prompt's expected loss small whatever the mix (``None``:
+    no bound). The baseline is always allowed.
+    """
+    cost = np.asarray(cost, dtype=float)
+    if max_loss is None:
+        return cost
+    pref = np.asarray(pref, dtype=float)
+    return np.where(pref >= pref[..., :1] - max_loss, cost, np.inf)
+
+
+def finite_spread(cost: np.ndarray) -> np.ndarray:
+    """Per row, the range of the finite costs (priced-out levels ignored)."""
+    finite = np.isfinite(cost)
+    hi = np.where(finite, cost, -np.inf).max(axis=1)
+    lo = np.where(finite, cost, np.inf).min(axis=1)
+    return np.where(finite.any(axis=1), hi - lo, 0.0)
+
+
 def choose(cost: np.ndarray, pref: np.ndarray, lam: float) -> np.ndarray:
     """Per row, the level minimising ``cost - lam * pref`` (ties: the lower index)."""
     if math.isinf(lam):  # preference alone decides; carbon breaks ties
@@ -104,7 +129,7 @@ def multiplier(cost: np.ndarray, pref: np.ndarray, floor: float, rtol: float = 1
     # Above ``hi``, every preference gap outweighs every carbon gap, so the floor is met.
     dp = np.diff(np.sort(pref.ravel()))
     smallest_gap = float(dp[dp > 0].min()) if np.any(dp > 0) else 1.0
-    hi = float(np.ptp(cost, axis=1).max()) / smallest_gap + 1.0
+    hi = float(finite_spread(cost).max()) / smallest_gap + 1.0
     # Halve down to the right power of two first (the bound can be loose by many orders of
     # magnitude), then bisect the last factor of two to ``rtol``.
     for _ in range(_BISECTIONS):

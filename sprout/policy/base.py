@@ -16,6 +16,10 @@ from sprout.directives import Directive
 #: on; below this the bundled recordings are added, so that a young deployment starts from
 #: what the recordings teach rather than from a handful of verdicts.
 MIN_LEDGER_EXAMPLES = 1000
+#: The default bound on one request's loss of predicted preference under the per-request
+#: policy (the ``policy_max_loss`` setting, ``sprout simulate --max-loss``; None: no bound);
+#: see :func:`sprout.policy.assign.bounded_cost`.
+DEFAULT_MAX_LOSS: float | None = 0.2
 
 #: ``sprout retrain --data`` choices.
 DATA_CHOICES: tuple[str, ...] = ("auto", "ledger", "bundled", "both")

@@ -46,8 +46,10 @@ from sprout.policy.assign import (
     DEFAULT_MARGIN_Z,
     MarginEstimate,
     QualityPacer,
+    bounded_cost,
     choose,
     expected_carbon_g,
+    finite_spread,
     floor_fraction,
     multiplier,
     preference_curve,
@@ -832,6 +834,8 @@ class ContextualPolicy(Policy):
         pacer: the pacer (default: a new one with its defaults).
         background: refit the multiplier on a worker thread, off the request path (the
             live controller); False refits inline (the simulator: deterministic).
+        max_loss: most a request's predicted chance of preference may fall below the
+            baseline's (see :func:`~sprout.policy.assign.bounded_cost`; None: no bound).
     """
 
     kind = CONTEXTUAL_KIND
@@ -852,6 +856,7 @@ class ContextualPolicy(Policy):
         refit_every: int = 1000,
         pacer: QualityPacer | None = None,
         background: bool = False,
+        max_loss: float | None = None,
     ) -> None:
         missing = [name for name in model.levels if name not in directives.names]
         if missing:
@@ -870,6 +875,9 @@ class ContextualPolicy(Policy):
             raise ConfigError(f"xi must lie in [0, 1], got {xi!r}")
         if window < 1 or refit_every < 1:
             raise ConfigError("window and refit_every must be >= 1")
+        if max_loss is not None and not (0.0 <= max_loss <= 1.0):
+            raise ConfigError(f"max_loss must lie in [0, 1] (or be unset), got {max_loss!r}")
+        self.max_loss = max_loss
         self.model = model
         self.directives = directives
         self.xi = xi
@@ -994,19 +1002,23 @@ class ContextualPolicy(Policy):
         if job.rows is None or self._nu0 is None:
             return
         k = self._k
-        cost = expected_carbon_g(
-            job.rows[:, k : 2 * k], job.rows[:, 2 * k :], job.ci, self.embodied_g_per_s
-        )
+        pref = job.rows[:, :k]
+        cost = self._cost(pref, job.rows[:, k : 2 * k], job.rows[:, 2 * k :], job.ci)
         lams = self.pacer.grid(self._nu0) / job.q0
-        self.pacer.record(preference_curve(cost, job.rows[:, :k], lams), job.floor, job.achieved)
+        self.pacer.record(preference_curve(cost, pref, lams), job.floor, job.achieved)
+
+    def _cost(
+        self, pref: np.ndarray, energy_kwh: np.ndarray, time_s: np.ndarray, ci: float
+    ) -> np.ndarray:
+        """Expected carbon per prompt and level, levels beyond ``max_loss`` priced out."""
+        cost = expected_carbon_g(energy_kwh, time_s, ci, self.embodied_g_per_s)
+        return bounded_cost(cost, pref, self.max_loss)
 
     def _fit_nu0(self, recent: np.ndarray, carbon: CarbonContext, ci_ref: float) -> float:
         """``nu0``: the multiplier meeting the floor of a mean hour on ``recent`` prompts."""
         k = self._k
         pref = recent[:, :k]
-        cost = expected_carbon_g(
-            recent[:, k : 2 * k], recent[:, 2 * k :], ci_ref, self.embodied_g_per_s
-        )
+        cost = self._cost(pref, recent[:, k : 2 * k], recent[:, 2 * k :], ci_ref)
         mean_hour = CarbonContext(ci_ref, carbon.ci_min, carbon.ci_max, carbon.ci_mean)
         q0 = float(pref[:, 0].mean())
         lam = multiplier(cost, pref, self.floor_fraction(mean_hour) * q0)
@@ -1014,7 +1026,7 @@ class ContextualPolicy(Policy):
         # prompt: the scale to fall back on where the floor is out of reach, and a lower
         # bound (the pacer's grid is relative to nu0, so nu0 must not be 0 even when the
         # floor does not bind on these prompts).
-        typical = float(np.median(np.ptp(cost, axis=1))) / max(
+        typical = float(np.median(finite_spread(cost))) / max(
             1e-9, float(np.median(np.ptp(pref, axis=1)))
         )
         if not math.isfinite(lam):
@@ -1103,10 +1115,14 @@ class ContextualPolicy(Policy):
         does one request at a time.
         """
         lam = self.multiplier(carbon)
-        cost = expected_carbon_g(
-            prediction.energy_kwh, prediction.time_s, carbon.ci_g_per_kwh, self.embodied_g_per_s
+        pref = np.atleast_2d(prediction.pref)
+        cost = self._cost(
+            pref,
+            np.atleast_2d(prediction.energy_kwh),
+            np.atleast_2d(prediction.time_s),
+            carbon.ci_g_per_kwh,
         )
-        return choose(np.atleast_2d(cost), np.atleast_2d(prediction.pref), lam)
+        return choose(cost, pref, lam)
 
     def decide(self, prompt: str, carbon: CarbonContext, rng: random.Random) -> Decision:
         """The directive for ``prompt`` (``rng`` is not used: the choice is deterministic).
@@ -1118,6 +1134,9 @@ class ContextualPolicy(Policy):
         lam = self.multiplier(carbon)
         ci, emb = carbon.ci_g_per_kwh, self.embodied_g_per_s
         cost = [e * ci + emb * t for e, t in zip(energy, time, strict=True)]
+        if self.max_loss is not None:  # bounded_cost, on three numbers
+            least = pref[0] - self.max_loss
+            cost = [c if p >= least else math.inf for c, p in zip(cost, pref, strict=True)]
         levels = range(len(pref))
         if math.isinf(lam):  # the likeliest preferred level, the cheapest among equals
             level = max(levels, key=lambda j: (pref[j], -cost[j]))

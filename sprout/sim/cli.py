@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sprout.errors import ConfigError, SproutError
+from sprout.policy.base import DEFAULT_MAX_LOSS
 
 _DEFAULT_METHODS = "base,co2_opt,model_opt,static,sprout,oracle,oracle_request"
 #: The default of ``--judge-energy-wh`` (sprout.sim.evaluate.JUDGE_ENERGY_WH; kept here so
@@ -223,8 +224,32 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="hours between the quality loop's scheduled retrains of the per-request policy "
         f"(default {RETRAIN_EVERY_DEFAULT}: retrain_cron's daily schedule; 0: never)",
     )
+    p.add_argument(
+        "--max-loss",
+        type=_max_loss,
+        default=DEFAULT_MAX_LOSS,
+        metavar="D",
+        help="the per-request policy's bound on how much one request's predicted chance of "
+        "preference may fall below the baseline's, 0-1, or 'none' (default "
+        f"{'none' if DEFAULT_MAX_LOSS is None else DEFAULT_MAX_LOSS}: the product's "
+        "policy_max_loss)",
+    )
     p.set_defaults(func=run_simulate)
     return p
+
+
+def _max_loss(text: str) -> float | None:
+    """``--max-loss``: a share in [0, 1], or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    problem = f"expected a number in [0, 1] or 'none', got {text!r}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def split_for(
@@ -281,6 +306,7 @@ def _config(args: argparse.Namespace) -> Any:
         judge_energy_wh=args.judge_energy_wh,
         requests_per_hour=args.requests_per_hour,
         loop=LoopConfig(judge_share=args.judge_share, retrain_every_h=args.retrain_every),
+        policy_max_loss=args.max_loss,
     )
 
 

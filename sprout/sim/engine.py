@@ -16,6 +16,7 @@ from sprout.data import LEVELS, default_policy_path, load_pai_jobs
 from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
 from sprout.judge.timing import TimingRule
+from sprout.policy.base import DEFAULT_MAX_LOSS
 from sprout.sim.carbon import DEFAULT_HISTORY_HOURS, MODES, CarbonWindow, carbon_window
 from sprout.sim.evaluate import JUDGE_ENERGY_WH, MethodSeries, run_method
 from sprout.sim.loop import LoopConfig
@@ -64,6 +65,8 @@ class SimConfig:
             hour's sampled prompts, ``n_judged``). Sprout's evaluator judges ``n_judged``
             prompts per run whatever the traffic; a per-request sample grows with it.
         loop: the quality loop of the per-request policy (judge share, retraining).
+        policy_max_loss: the per-request policy's bound on one request's loss of predicted
+            preference (None: no bound; see :func:`sprout.policy.assign.bounded_cost`).
     """
 
     carbon: str | Path = "GB"
@@ -86,8 +89,13 @@ class SimConfig:
     judge_energy_wh: float = JUDGE_ENERGY_WH
     requests_per_hour: int | None = None
     loop: LoopConfig = field(default_factory=LoopConfig)
+    policy_max_loss: float | None = DEFAULT_MAX_LOSS
 
     def __post_init__(self) -> None:
+        if self.policy_max_loss is not None and not 0.0 <= self.policy_max_loss <= 1.0:
+            raise ConfigError(
+                f"--max-loss: expected a share in [0, 1] (or none), got {self.policy_max_loss!r}"
+            )
         if self.requests_per_hour is not None and self.requests_per_hour < 1:
             raise ConfigError(
                 f"--requests-per-hour: expected an integer >= 1, got {self.requests_per_hour}"
@@ -262,6 +270,7 @@ def _setups(
             loop_pool,
             graded,
             seed,
+            config.policy_max_loss,
         )
         for xi in config.xis
     ]

@@ -86,6 +86,7 @@ def to_json(result: SimResult) -> dict[str, Any]:
         "retrain_every_h": c.loop.retrain_every_h,
         "graded_on_unsampled_half": c.loop_grades,
     }
+    doc["policy_max_loss"] = c.policy_max_loss
     return doc
 
 

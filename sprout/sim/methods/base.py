@@ -79,6 +79,8 @@ class SimSetup:
         graded: (rows,) rows whose verdicts grade quality (None: every judged row); see
             :mod:`sprout.sim.loop` on why a retraining loop grades on a separate half.
         seed: the workload seed (the loop's sampler draws from it).
+        policy_max_loss: the per-request policy's bound on one request's loss of predicted
+            preference (None: no bound).
     """
 
     workload: WorkloadArrays
@@ -95,6 +97,7 @@ class SimSetup:
     loop_pool: np.ndarray | None = None
     graded: np.ndarray | None = None
     seed: int = 0
+    policy_max_loss: float | None = None
 
     @property
     def traffic_per_hour(self) -> int:

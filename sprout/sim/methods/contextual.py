@@ -213,6 +213,7 @@ class Contextual(Method):
             learn_margin=self.use_margin,
             reference=reference,
             window=self._window,
+            max_loss=setup.policy_max_loss,
         )
 
     def decide(self, hour: HourInputs) -> Assignment:
@@ -265,6 +266,7 @@ class Contextual(Method):
                     setup.embodied_g_per_s,
                     anchor=self.anchor,
                     window=self._window,
+                    max_loss=setup.policy_max_loss,
                 )
 
             self.policy = retrain_policy(
