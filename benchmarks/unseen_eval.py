@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import emit
 
+from sprout.policy.base import DEFAULT_MAX_LOSS
+
 ZONES = ("GB", "US-CAL-CISO", "US-TEX-ERCO")
 STARTS = (800, 3900, 7000)
 FAMILIES = ("alpaca", "math", "mmlu", "naturalqa", "scienceqa", "triviaqa")
@@ -52,7 +54,13 @@ PREF_FLOOR, NET_GAP, STD_NET, STD_PREF = 0.99, 0.05, 0.65, 1.00
 
 
 def run_one(
-    zone: str, start: int, family: str | None, unseen: bool, seeds: tuple[int, ...], hours: int
+    zone: str,
+    start: int,
+    family: str | None,
+    unseen: bool,
+    seeds: tuple[int, ...],
+    hours: int,
+    max_loss: float | None,
 ) -> dict[str, Any]:
     """One simulation: per method, mean gross, net, preference; contextual's hourly series
     of the first seed (for the recovery figure)."""
@@ -68,6 +76,7 @@ def run_one(
         seeds=seeds,
         split=PromptSplit(0, 0.5, (family,) if unseen and family else ()),
         family_share=((family, SHARE),) if family else (),
+        policy_max_loss=max_loss,
     )
     result = simulate(config)
     run = result.runs[0]
@@ -168,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hours", type=int, default=720)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-standard", action="store_true", help="skip the standard-protocol cells")
+    p.add_argument(
+        "--max-loss",
+        default=DEFAULT_MAX_LOSS,
+        type=lambda v: None if v == "none" else float(v),
+        help="contextual's per-request bound (sprout simulate --max-loss; 'none': no bound)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--figure", type=Path)
     p.add_argument("--figure-cell", default="GB:800:math", help="ZONE:START:FAMILY")
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = _cells(args)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, *c, args.seeds, args.hours) for c in cells]
+        futures = [pool.submit(run_one, *c, args.seeds, args.hours, args.max_loss) for c in cells]
         results = []
         for f in futures:
             r = f.result()
@@ -195,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nseeds {args.seeds[0]}-{args.seeds[-1]}, {args.hours} h windows, causal, xi 0.1; "
-        f"family share {SHARE}; gross / net saving % and normalized preference %"
+        f"family share {SHARE}; contextual's max loss {args.max_loss}; gross / net saving % "
+        "and normalized preference %"
     )
     header = (
         "| zone | start | family | "
@@ -274,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             "cells": len(cells),
             "seeds": len(args.seeds),
             "hours": args.hours,
+            "max_loss": args.max_loss,
         }
     )
     return 0
