@@ -32,14 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit
 
 
-def _bound(text: str) -> float | None:
-    return None if text == "none" else float(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     from sprout.accounting import embodied_rate_g_per_s
     from sprout.data import LEVELS
     from sprout.policy.assign import bounded_cost, choose, expected_carbon_g, multiplier
+    from sprout.policy.base import parse_max_loss
     from sprout.sim.methods.contextual import _preferred_levels, _trained
     from sprout.sim.workload import PromptSplit, bundled_workload
 
@@ -47,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bounds", default="none,0.3,0.2,0.15,0.1")
     p.add_argument("--ci", type=float, default=300.0, help="intensity, gCO2e/kWh")
     args = p.parse_args(argv)
-    bounds = [_bound(b) for b in args.bounds.split(",")]
+    bounds = [parse_max_loss(b) for b in args.bounds.split(",")]
 
     workload = bundled_workload()
     split = PromptSplit(0, 0.5, ())

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import emit
 
-from sprout.policy.base import DEFAULT_MAX_LOSS
+from sprout.policy.base import DEFAULT_MAX_LOSS, parse_max_loss
 
 ZONES = ("GB", "US-CAL-CISO", "US-TEX-ERCO")
 STARTS = (800, 3900, 7000)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-loss",
         default=DEFAULT_MAX_LOSS,
-        type=lambda v: None if v == "none" else float(v),
+        type=parse_max_loss,
         help="contextual's per-request bound (sprout simulate --max-loss; 'none': no bound)",
     )
     p.add_argument("--json", type=Path)

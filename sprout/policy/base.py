@@ -21,6 +21,22 @@ MIN_LEDGER_EXAMPLES = 1000
 #: see :func:`sprout.policy.assign.bounded_cost`.
 DEFAULT_MAX_LOSS: float | None = 0.2
 
+
+def parse_max_loss(text: str) -> float | None:
+    """A bound on one request's loss of predicted preference as written on a command line:
+    a number, or ``none`` for no bound (the range is checked where it is used).
+
+    Raises:
+        ValueError: neither (the message says what is expected).
+    """
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number in [0, 1] or 'none', got {text!r}") from None
+
+
 #: ``sprout retrain --data`` choices.
 DATA_CHOICES: tuple[str, ...] = ("auto", "ledger", "bundled", "both")
 

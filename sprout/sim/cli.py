@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sprout.errors import ConfigError, SproutError
-from sprout.policy.base import DEFAULT_MAX_LOSS
+from sprout.policy.base import DEFAULT_MAX_LOSS, parse_max_loss
 
 _DEFAULT_METHODS = "base,co2_opt,model_opt,static,sprout,oracle,oracle_request"
 #: The default of ``--judge-energy-wh`` (sprout.sim.evaluate.JUDGE_ENERGY_WH; kept here so
@@ -239,17 +239,11 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _max_loss(text: str) -> float | None:
-    """``--max-loss``: a share in [0, 1], or ``none``."""
-    if text.strip().lower() == "none":
-        return None
-    problem = f"expected a number in [0, 1] or 'none', got {text!r}"
+    """``--max-loss``: a number or ``none`` (its range is checked by ``SimConfig``)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(problem) from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(problem)
-    return value
+        return parse_max_loss(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def split_for(
