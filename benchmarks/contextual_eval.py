@@ -164,7 +164,7 @@ def _frontier(
 
 def main() -> None:
     """Run the grid (and the frontier sweep if asked) and print the figures."""
-    from sprout.sim.cli import parse_seeds, parse_xis
+    from sprout.sim.specs import parse_seeds, parse_xis
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-9")

@@ -16,7 +16,7 @@ from fake_carbon_servers import (
     free_port,
 )
 
-import sprout.cli
+import sprout.cli.app
 from sprout.accounting import lbs_per_mwh_to_g_per_kwh
 from sprout.carbon.electricitymaps import ElectricityMapsProvider
 from sprout.carbon.http import JsonClient, RateLimitedError, parse_retry_after
@@ -455,12 +455,12 @@ def test_factory_builds_each_provider_and_the_fallback_chain(em, uk):
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
     # Only this module's subcommands: the others are not under test here.
-    monkeypatch.setattr(sprout.cli, "SUBCOMMAND_MODULES", ("sprout.carbon.cli",))
+    monkeypatch.setattr(sprout.cli.app, "SUBCOMMAND_MODULES", ("sprout.cli.carbon",))
     for var in [v for v in __import__("os").environ if v.startswith("SPROUT_")]:
         monkeypatch.delenv(var)
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = sprout.cli.main(list(argv))
+        code = sprout.cli.app.main(list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
 

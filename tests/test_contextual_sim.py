@@ -8,9 +8,9 @@ import functools
 import numpy as np
 import pytest
 
+from sprout.cli.simulate import split_for
 from sprout.data import DATASETS, load_workload
 from sprout.errors import ConfigError
-from sprout.sim.cli import split_for
 from sprout.sim.engine import SimConfig, simulate
 from sprout.sim.methods.base import method_names
 from sprout.sim.workload import PromptSplit, WorkloadArrays

@@ -23,7 +23,7 @@ from sprout.dashboard.app import STATIC_FILES, create_dashboard_app, static_file
 from sprout.dashboard.data import Dashboard
 from sprout.dashboard.readonly import open_readonly
 from sprout.errors import ConfigError
-from sprout.judge.cli import verdict_report
+from sprout.judge.report import verdict_report
 from sprout.ledger.audit import ledger_report
 from sprout.ledger.migrate import current_revision, head_revisions, upgrade
 from sprout.ledger.verify import verify

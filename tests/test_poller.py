@@ -13,7 +13,7 @@ import pytest
 from fake_carbon_servers import ElectricityMapsFake, Fault, UKCarbonIntensityFake, free_port
 from sqlalchemy import create_engine, select
 
-import sprout.cli
+import sprout.cli.app
 from sprout.carbon.base import CarbonProvider, CarbonReading
 from sprout.carbon.poller import CarbonPoller
 from sprout.carbon.signal import CarbonSignal
@@ -251,12 +251,12 @@ def test_controller_polls_live_providers_and_close_stops_it(uk, sqlite_url, judg
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    monkeypatch.setattr(sprout.cli, "SUBCOMMAND_MODULES", ("sprout.carbon.cli",))
+    monkeypatch.setattr(sprout.cli.app, "SUBCOMMAND_MODULES", ("sprout.cli.poll",))
     for var in [v for v in __import__("os").environ if v.startswith("SPROUT_")]:
         monkeypatch.delenv(var)
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = sprout.cli.main(list(argv))
+        code = sprout.cli.app.main(list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
 
@@ -297,7 +297,7 @@ def test_sprout_poll_once_and_loop(run_cli, sqlite_url, monkeypatch):
 
 def test_sprout_poll_stops_cleanly_on_sigterm(sqlite_url, tmp_path):
     code = (
-        "import sys, sprout.cli as cli; cli.SUBCOMMAND_MODULES = ('sprout.carbon.cli',); "
+        "import sys, sprout.cli.app as cli; cli.SUBCOMMAND_MODULES = ('sprout.cli.poll',); "
         "sys.exit(cli.main(sys.argv[1:]))"
     )
     argv = ["poll", "--provider", "static", "--db", sqlite_url, "--interval", "0.1"]
@@ -360,7 +360,7 @@ def test_importing_the_modules_starts_nothing():
     code = (
         "import sys, threading, sprout.scheduler, sprout.carbon.poller, sprout.carbon.signal, "
         "sprout.carbon.electricitymaps, sprout.carbon.watttime, sprout.carbon.uk, "
-        "sprout.carbon.cli; "
+        "sprout.cli.carbon, sprout.cli.poll; "
         "assert 'apscheduler' not in sys.modules, 'apscheduler imported'; "
         "assert threading.active_count() == 1; print('ok')"
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sprout.carbon.trace import CarbonTrace
+from sprout.cli.simulate import add_simulate_parser, run_simulate
 from sprout.data import RECORDED_KEYS
 from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError, InfeasibleError
@@ -21,7 +22,6 @@ from sprout.policy.optimizer import quality_floor, solve_mix
 from sprout.policy.sprout_lp import SproutLPPolicy
 from sprout.policy.stats import LevelStats
 from sprout.sim.carbon import carbon_window
-from sprout.sim.cli import add_simulate_parser, parse_seeds, parse_xis, run_simulate
 from sprout.sim.engine import SimConfig, simulate
 from sprout.sim.evaluate import run_method
 from sprout.sim.methods.base import (
@@ -37,6 +37,7 @@ from sprout.sim.methods.oracle_request import min_carbon_assignment, required_co
 from sprout.sim.metrics import Spread, carbon_saving, normalized_preference
 from sprout.sim.mix import mix_schedule
 from sprout.sim.sampling import sample_hours
+from sprout.sim.specs import parse_seeds, parse_xis
 from sprout.sim.workload import NO_VERDICT, PromptSplit, WorkloadArrays
 
 T0 = datetime(2023, 1, 1, tzinfo=UTC)

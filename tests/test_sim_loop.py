@@ -340,9 +340,9 @@ def test_cli_defaults_are_the_products() -> None:
     must be the product's: the recommended judge share, the daily retrain, and the
     scheduled retrain's options."""
     from sprout.cli import build_parser
+    from sprout.cli.simulate import JUDGE_SHARE_DEFAULT, RETRAIN_EVERY_DEFAULT
     from sprout.judge.sampler import RECOMMENDED_JUDGE_SHARE
     from sprout.policy.retrain import RetrainOptions
-    from sprout.sim.cli import JUDGE_SHARE_DEFAULT, RETRAIN_EVERY_DEFAULT
     from sprout.sim.loop import DEFAULT_RETRAIN_EVERY_H
 
     assert JUDGE_SHARE_DEFAULT == RECOMMENDED_JUDGE_SHARE == LoopConfig().judge_share

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
+from sprout.cli.simulate import JUDGE_ENERGY_WH_DEFAULT, add_simulate_parser, run_simulate
 from sprout.data import DATASETS, load_workload
 from sprout.errors import ConfigError
-from sprout.sim.cli import JUDGE_ENERGY_WH_DEFAULT, add_simulate_parser, run_simulate
 from sprout.sim.engine import SimConfig, _setups, load_directives, simulate
 from sprout.sim.evaluate import JUDGE_ENERGY_WH, draws_digest, judging_overhead_g
 from sprout.sim.methods.base import Method, Shares, SimSetup

@@ -2,7 +2,7 @@
 
 Nothing here computes a carbon figure of its own: every number comes from
 :func:`~sprout.ledger.audit.ledger_report` (per bucket, per directive, per tenant, per
-outcome), :func:`~sprout.judge.cli.verdict_report` (normalized preference, the quality
+outcome), :func:`~sprout.judge.report.verdict_report` (normalized preference, the quality
 estimate and its floor) and :func:`~sprout.ledger.verify.verify` with
 :func:`~sprout.ledger.pending.scan_pending` (integrity). The dashboard only rearranges them:
 empty buckets filled with zeros so that time runs evenly, running totals, and the count of
@@ -273,7 +273,7 @@ class Dashboard:
             ConfigError: an unknown bucket, an empty window, or too many buckets.
             LedgerError: the database cannot be read.
         """
-        from sprout.judge.cli import verdict_report
+        from sprout.judge.report import verdict_report
 
         if bucket not in BUCKETS:
             raise ConfigError(f"bucket {bucket!r}: use one of {', '.join(BUCKETS)}")

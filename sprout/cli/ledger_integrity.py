@@ -1,6 +1,6 @@
 """``sprout ledger verify|keygen|checkpoint|recover``: integrity beyond the database.
 
-Registered by :func:`sprout.ledger.cli.register`. ``verify`` exit codes: 0 intact and
+Registered by :func:`sprout.cli.ledger.register`. ``verify`` exit codes: 0 intact and
 nothing pending; 1 a problem (a broken chain or rollup, a checkpoint that no longer matches
 or whose signature fails); 2 bad input (a missing or invalid key or checkpoint file);
 3 intact, but receipts wait outside the database (:data:`EXIT_PENDING`: run
@@ -14,15 +14,10 @@ import json
 import sys
 from typing import Any
 
-from sprout.cli import add_settings_options
+from sprout.cli.app import EXIT_FAILURE, EXIT_OK
+from sprout.cli.options import add_settings_options, existing_ledger, settings_for
 
-EXIT_OK, EXIT_FAILURE, EXIT_PENDING = 0, 1, 3
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from sprout.config import load_settings
-
-    return load_settings(config=args.config, db_url=args.db)
+EXIT_PENDING = 3
 
 
 def run_verify(args: argparse.Namespace, settings: Any) -> int:
@@ -55,7 +50,7 @@ def run_verify(args: argparse.Namespace, settings: Any) -> int:
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from sprout.ledger.keys import generate_key_files, load_private_key, public_pem
 
-    settings = _settings(args)
+    settings = settings_for(args)
     out = args.out or settings.ledger_checkpoint_key or "sprout-checkpoint.key"
     if "\n" in out or "-----BEGIN" in out:
         from sprout.errors import ConfigError
@@ -76,10 +71,10 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     from sprout.ledger.attest import checkpoint_once, schedule_checkpoints
     from sprout.ledger.keys import signing_key
 
-    settings = _settings(args)
+    settings = settings_for(args)
     if args.dir:
         settings = settings.replace(ledger_checkpoint_dir=args.dir)
-    _existing_ledger(settings)
+    existing_ledger(settings.db_url)
     key = signing_key(settings, args.key)
     if args.schedule:
         from sprout.scheduler import create_scheduler, run_blocking
@@ -120,17 +115,11 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 def _cmd_recover(args: argparse.Namespace) -> int:
     from sprout.ledger.pending import recover, spool_path_for
 
-    settings = _settings(args)
-    _existing_ledger(settings)
+    settings = settings_for(args)
+    existing_ledger(settings.db_url)
     result = recover(settings.db_url, spool_path_for(settings))
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.summary())
     return EXIT_FAILURE if result.remaining else EXIT_OK
-
-
-def _existing_ledger(settings: Any) -> None:
-    from sprout.ledger.cli import _existing_ledger as existing
-
-    existing(settings)
 
 
 def add_verify_options(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """``sprout dashboard``: serve the read-only ledger dashboard (see :mod:`sprout.dashboard`).
 
-Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``);
+Wired into the main parser by :func:`register` (see ``sprout.cli.app.SUBCOMMAND_MODULES``);
 building the parser imports nothing of the ``server`` extra.
 """
 
@@ -10,7 +10,12 @@ import argparse
 import sys
 from typing import Any
 
-from sprout.cli import add_settings_options
+from sprout.cli.options import (
+    LOOPBACK_HOSTS,
+    add_settings_options,
+    settings_for,
+    uvicorn_log_level,
+)
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8090
 
@@ -40,9 +45,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import logging
-
-    from sprout.config import load_settings
     from sprout.dashboard.data import Dashboard
     from sprout.errors import ConfigError
 
@@ -56,14 +58,14 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"the dashboard needs the server extra: pip install 'sprout[server]' ({e})"
         ) from None
-    settings = load_settings(config=args.config, db_url=args.db)
+    settings = settings_for(args)
     dashboard = Dashboard.from_settings(settings)
     try:
         dashboard.check_schema()
     except BaseException:
         dashboard.close()
         raise
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK_HOSTS:
         print(
             f"sprout dashboard: warning: listening on {args.host}; the page has no login, "
             "and shows tenants' usage to anyone who can reach it",
@@ -76,12 +78,11 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         f"{dashboard.url}); Ctrl-C stops it",
         flush=True,
     )
-    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
     uvicorn.run(
         create_dashboard_app(dashboard),
         host=args.host,
         port=args.port,
-        log_level="info" if verbose else "warning",
+        log_level=uvicorn_log_level(),
     )
     return 0
 

@@ -1,47 +1,20 @@
-"""``sprout judge run|report|schedule``: the quality loop's commands.
+"""Verdicts per directive over a window of served requests: the quality loop's report.
 
-Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
-Every command takes ``--db URL`` (default ``$SPROUT_DB_URL``, else the SQLite file in the
-working directory) and ``--config FILE``.
+:func:`verdict_report` reads the ledger (``sprout judge report`` prints it, the dashboard
+shows it); :func:`format_verdict_report` is its table for people.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sprout.cli import add_settings_options
 from sprout.errors import ConfigError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-
-EXIT_OK = 0
-REPORT_FORMATS: tuple[str, ...] = ("table", "json")
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from sprout.config import load_settings
-
-    return load_settings(config=args.config, db_url=args.db)
-
-
-def _existing_ledger(db_url: str) -> None:
-    """Refuse a SQLite file that does not exist (rather than create an empty one)."""
-    from sprout.ledger.migrate import ensure_schema, sqlite_file
-
-    path = sqlite_file(db_url)
-    if path is not None and not path.exists():
-        raise ConfigError(f"no ledger at {path} (give --db URL or set SPROUT_DB_URL)")
-    ensure_schema(db_url)
-
-
-# ---------------------------------------------------------------------------- report
 
 
 @dataclass
@@ -147,7 +120,6 @@ def verdict_report(
     from sqlalchemy import func, select
 
     from sprout.directives import DirectiveSet
-    from sprout.judge.job import QUALITY_KIND
     from sprout.ledger.audit import ledger_report
     from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
     from sprout.ledger.schema import (
@@ -155,6 +127,7 @@ def verdict_report(
         sampled_prompts_table,
         verdicts_table,
     )
+    from sprout.judge.job import QUALITY_KIND
 
     if since is not None and until is not None and since >= until:
         raise ConfigError(f"the window is empty: since {since} is not before until {until}")
@@ -299,114 +272,9 @@ def format_verdict_report(report: VerdictReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------------------- commands
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from sprout.judge.job import build_judge_job
-
-    settings = _settings(args)
-    _existing_ledger(settings.db_url)
-    job = build_judge_job(settings)
-    try:
-        result = job.tick() if args.timed else job.run(limit=args.limit)
-    finally:
-        job.close()
-    print(result.describe())
-    return EXIT_OK
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from sprout.ledger.audit import parse_time
-
-    settings = _settings(args)
-    _existing_ledger(settings.db_url)
-    report = verdict_report(
-        settings.db_url,
-        since=None if args.since is None else parse_time(args.since, option="--since"),
-        until=None if args.until is None else parse_time(args.until, option="--until"),
-    )
-    if args.format == "json":
-        sys.stdout.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
-    else:
-        sys.stdout.write(format_verdict_report(report))
-    return EXIT_OK
-
-
-def _cmd_schedule(args: argparse.Namespace) -> int:
-    from sprout.judge.job import build_judge_job
-    from sprout.scheduler import create_scheduler, run_blocking
-
-    settings = _settings(args)
-    job = build_judge_job(settings)
-    scheduler = create_scheduler(blocking=True, max_workers=1)
-    try:
-        job.schedule(scheduler, settings.judge_cron)
-        print(
-            f"judge job scheduled ({settings.judge_cron!r} UTC, timing rule "
-            f"{'with' if settings.judge_use_forecast else 'without'} forecasts, max staleness "
-            f"{settings.judge_max_staleness_h:g} h); Ctrl-C stops it",
-            flush=True,
-        )
-        run_blocking(scheduler)
-    finally:
-        job.close()
-    return EXIT_OK
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``sprout judge ...`` to the main parser's subparsers."""
-    judge = subparsers.add_parser(
-        "judge",
-        help="the quality loop: judge sampled requests, report verdicts",
-        description="Sampled requests are answered under the other directives and judged by "
-        "an LLM (or the recorded GPT-4 verdicts); the verdicts refresh the optimizer's "
-        "quality estimates.",
-    )
-    sub = judge.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
-
-    run = sub.add_parser(
-        "run",
-        help="process the queue of sampled requests now",
-        description="Answers the queued sampled requests under the other directives, judges "
-        "them, writes the verdicts and the evaluation receipts, and refreshes the quality "
-        "estimates. With --timed, only if the timing rule (low carbon, or the staleness "
-        "deadline) says so.",
-    )
-    add_settings_options(run)
-    run.add_argument("--limit", type=int, help="most requests (default: judge_batch_size)")
-    run.add_argument("--timed", action="store_true", help="apply the timing rule first")
-    run.set_defaults(func=_cmd_run)
-
-    report = sub.add_parser(
-        "report",
-        help="verdict shares per directive over a period",
-        description="Verdicts on requests served in the window: how often each directive's "
-        "answer was preferred, how often requests got the preferred directive, the queue, "
-        "the evaluation overhead and the latest quality estimate.",
-    )
-    add_settings_options(report)
-    report.add_argument("--since", metavar="TIME", help="requests from this ISO 8601 time (UTC)")
-    report.add_argument("--until", metavar="TIME", help="up to (excluding) this time")
-    report.add_argument("--format", choices=REPORT_FORMATS, default="table", help="(default table)")
-    report.set_defaults(func=_cmd_report)
-
-    schedule = sub.add_parser(
-        "schedule",
-        help="run the judge job on its schedule until stopped",
-        description="Wakes up on judge_cron (hourly by default) and runs the judge job when "
-        "the timing rule says so: a low-carbon hour (forecast-aware when the provider gives "
-        "forecasts), and always within judge_max_staleness_h of a request being sampled.",
-    )
-    add_settings_options(schedule)
-    schedule.set_defaults(func=_cmd_schedule)
-    return judge
-
-
 __all__ = [
     "DirectiveRow",
     "VerdictReport",
     "format_verdict_report",
-    "register",
     "verdict_report",
 ]

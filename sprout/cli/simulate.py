@@ -1,19 +1,21 @@
 """``sprout simulate``: the trace-driven evaluation, from the command line.
 
 Wire it into the main parser with :func:`add_simulate_parser`; the parsed arguments run with
-:func:`run_simulate` (also set as the sub-parser's ``func`` default).
+:func:`run_simulate` (also set as the sub-parser's ``func`` default). ``--seeds`` and ``--xi``
+are read by :mod:`sprout.sim.specs`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from sprout.cli.options import write_json
 from sprout.errors import ConfigError, SproutError
 from sprout.policy.base import DEFAULT_MAX_LOSS, parse_max_loss
+from sprout.sim.specs import parse_seeds, parse_xis
 
 _DEFAULT_METHODS = "base,co2_opt,model_opt,static,sprout,oracle,oracle_request"
 #: The default of ``--judge-energy-wh`` (sprout.sim.evaluate.JUDGE_ENERGY_WH; kept here so
@@ -23,51 +25,6 @@ JUDGE_ENERGY_WH_DEFAULT = 0.3
 #: RECOMMENDED_JUDGE_SHARE, sprout.sim.loop's DEFAULT_RETRAIN_EVERY_H).
 JUDGE_SHARE_DEFAULT = 0.02
 RETRAIN_EVERY_DEFAULT = 24
-
-
-def parse_seeds(spec: str) -> tuple[int, ...]:
-    """Seeds from ``0``, ``0-19``, ``0,3,5`` or a mix (``0-3,7``), in the order given.
-
-    Raises:
-        ConfigError: naming the bad part.
-    """
-    seeds: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        lo, sep, hi = part.partition("-")
-        try:
-            if sep:
-                first, last = int(lo), int(hi)
-                if first > last:
-                    raise ValueError
-                seeds.extend(range(first, last + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise ConfigError(
-                f"--seeds: cannot read {part!r} in {spec!r}; use N, N-M (N <= M) or a comma "
-                "list of those, with non-negative integers"
-            ) from None
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: {spec!r} names a seed more than once")
-    return tuple(seeds)
-
-
-def parse_xis(spec: str) -> tuple[float, ...]:
-    """xi values from ``0.1`` or ``0.02,0.05,0.1``.
-
-    Raises:
-        ConfigError: for a value that is not a number in [0, 1].
-    """
-    values = []
-    for part in (p.strip() for p in spec.split(",")):
-        try:
-            value = float(part)
-        except ValueError:
-            raise ConfigError(f"--xi: {part!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"--xi: {value:g} is outside [0, 1]")
-        values.append(value)
-    return tuple(values)
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -320,11 +277,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         result = simulate(config, progress=progress)
         print(format_result(result))
         if args.json is not None:
-            try:
-                args.json.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(f"--json {args.json}: cannot write ({e.strerror or e})") from e
-            print(f"wrote {args.json}")
+            write_json(args.json, to_json(result))
         if args.plot is not None:
             from sprout.sim.plot import plot_result
 
@@ -335,5 +288,5 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The name :mod:`sprout.cli` looks up in each subcommand module.
+#: The name :mod:`sprout.cli.app` looks up in each command module.
 register = add_simulate_parser

@@ -1,6 +1,6 @@
 """``sprout retrain``: rebuild the per-request policy and store it as a policy version.
 
-Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
+Wired into the main parser by :func:`register` (see ``sprout.cli.app.SUBCOMMAND_MODULES``).
 Trains on the ledger's judged requests (``--data``, see
 :func:`sprout.policy.retrain.choose_sources`): beside the bundled recorded workloads while
 the ledger holds few verdicts, alone once it holds enough, the bundled data alone on a fresh
@@ -12,23 +12,15 @@ with its metrics in the ledger, where running controllers pick it up (``policy_r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from sprout.cli import add_settings_options
-from sprout.errors import ConfigError
+from sprout.cli.options import add_settings_options, parse_time_option, settings_for, write_json
 from sprout.policy.base import DATA_CHOICES, MIN_LEDGER_EXAMPLES
 
 log = logging.getLogger("sprout.policy.retrain")
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from sprout.config import load_settings
-
-    return load_settings(config=args.config, db_url=args.db, retrain_cron=args.cron)
 
 
 def _summary(result: Any) -> str:
@@ -58,15 +50,6 @@ def _summary(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _as_of(value: str | None) -> Any:
-    """``--as-of`` as an aware UTC datetime (None: now, at each run)."""
-    if value is None:
-        return None
-    from sprout.ledger.audit import parse_time
-
-    return parse_time(value, option="--as-of")
-
-
 def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
     from sprout.accounting import embodied_rate_g_per_s
     from sprout.factory import build_ledger
@@ -83,7 +66,7 @@ def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
             embodied_g_per_s=embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years),
             refit_all=args.refit_all,
             data=args.data,
-            now=_as_of(args.as_of),
+            now=parse_time_option(args.as_of, "--as-of"),  # None: now, at each run
         )
     finally:
         if ledger is not None:
@@ -94,7 +77,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from sprout.policy.retrain import RetrainOptions
 
     RetrainOptions(args.data, args.split_seed, args.held_out, args.refit_all)  # validates
-    settings = _settings(args)
+    settings = settings_for(args, retrain_cron=args.cron)
     if args.schedule:
         return _schedule(args, settings)
     result = _retrain_once(args, settings)
@@ -102,11 +85,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     if result.version is not None:
         print(f"stored contextual policy version {result.version}")
     if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"--json {args.json}: cannot write ({e.strerror or e})") from e
-        print(f"wrote {args.json}")
+        write_json(args.json, result.metrics)
     return 0
 
 

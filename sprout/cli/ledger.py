@@ -1,7 +1,7 @@
 """``sprout ledger verify|report|plot|prune``: the auditor's and operator's commands
-(``keygen``, ``checkpoint`` and ``recover`` live in :mod:`sprout.ledger.cli_integrity`).
+(``keygen``, ``checkpoint`` and ``recover`` live in :mod:`sprout.cli.ledger_integrity`).
 
-Wired into the main parser by :func:`register` (see ``sprout.cli.SUBCOMMAND_MODULES``).
+Wired into the main parser by :func:`register` (see ``sprout.cli.app.SUBCOMMAND_MODULES``).
 Every command takes ``--db URL`` (default ``$SPROUT_DB_URL``, else the SQLite file in the
 working directory) and ``--config FILE``.
 """
@@ -13,9 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sprout.cli import add_settings_options
-
-EXIT_OK, EXIT_FAILURE = 0, 1
+from sprout.cli.app import EXIT_OK
+from sprout.cli.options import (
+    add_settings_options,
+    existing_ledger,
+    parse_time_option,
+    settings_for,
+)
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
@@ -32,20 +36,14 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outcome", choices=OUTCOMES, help="only generations that ended this way")
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from sprout.config import load_settings
-
-    return load_settings(config=args.config, db_url=args.db)
-
-
 def _report(args: argparse.Namespace, group_by: str) -> Any:
-    from sprout.ledger.audit import ledger_report, parse_time
+    from sprout.ledger.audit import ledger_report
 
-    settings = _settings(args)
+    settings = settings_for(args)
     return ledger_report(
         settings.db_url,
-        since=None if args.since is None else parse_time(args.since, option="--since"),
-        until=None if args.until is None else parse_time(args.until, option="--until"),
+        since=parse_time_option(args.since, "--since"),
+        until=parse_time_option(args.until, "--until"),
         group_by=group_by,
         filters={
             "zone": args.zone,
@@ -58,31 +56,19 @@ def _report(args: argparse.Namespace, group_by: str) -> Any:
     )
 
 
-def _existing_ledger(settings: Any) -> None:
-    """Refuse to audit a SQLite file that does not exist (rather than create an empty one);
-    bring an older schema to the current one, as every writer does."""
-    from sprout.errors import ConfigError
-    from sprout.ledger.migrate import ensure_schema, sqlite_file
-
-    path = sqlite_file(settings.db_url)
-    if path is not None and not path.exists():
-        raise ConfigError(f"no ledger at {path} (give --db URL or set SPROUT_DB_URL)")
-    ensure_schema(settings.db_url)
-
-
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from sprout.ledger.cli_integrity import run_verify
+    from sprout.cli.ledger_integrity import run_verify
 
-    settings = _settings(args)
-    _existing_ledger(settings)
+    settings = settings_for(args)
+    existing_ledger(settings.db_url)
     return run_verify(args, settings)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from sprout.ledger.audit import format_report
 
-    settings = _settings(args)
-    _existing_ledger(settings)
+    settings = settings_for(args)
+    existing_ledger(settings.db_url)
     report = _report(args, args.group_by)
     if args.sci:
         from sprout.ledger.sci_format import format_sci
@@ -111,21 +97,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from sprout.ledger.plot import plot_report
 
-    _existing_ledger(_settings(args))
+    existing_ledger(settings_for(args).db_url)
     out = plot_report(_report(args, args.bucket), args.out)
     print(f"wrote {out}")
     return EXIT_OK
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from sprout.ledger.audit import parse_time
     from sprout.ledger.locks import job_lock
     from sprout.ledger.retention import prune_cutoff, prune_prompts
 
-    settings = _settings(args)
-    _existing_ledger(settings)
+    settings = settings_for(args)
+    existing_ledger(settings.db_url)
     days = settings.prompt_retention_days if args.days is None else args.days
-    now = None if args.now is None else parse_time(args.now, option="--now")
+    now = parse_time_option(args.now, "--now")
     cutoff = prune_cutoff(days, now)
     if cutoff is None:
         print("retention is 0 days: sampled prompts are kept forever; nothing to prune")
@@ -142,7 +127,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``sprout ledger ...`` to the main parser's subparsers."""
-    from sprout.ledger import cli_integrity
+    from sprout.cli import ledger_integrity
     from sprout.ledger.audit import FORMATS, GROUP_BYS
     from sprout.ledger.plot import BUCKETS
 
@@ -167,9 +152,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_settings_options(verify)
     verify.add_argument("--no-rollups", action="store_true", help="skip the rollup check")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    cli_integrity.add_verify_options(verify)
+    ledger_integrity.add_verify_options(verify)
     verify.set_defaults(func=_cmd_verify)
-    cli_integrity.register(sub)
+    ledger_integrity.register(sub)
 
     report = sub.add_parser(
         "report",

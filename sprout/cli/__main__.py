@@ -1,0 +1,7 @@
+"""``python -m sprout.cli``: the ``sprout`` command."""
+
+import sys
+
+from sprout.cli.app import main
+
+sys.exit(main())
