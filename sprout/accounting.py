@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+#: A number or a numpy array (the formulas are elementwise and broadcast).
+Amount = TypeVar("Amount")
 
 KWH_PER_J = 1 / 3_600_000
 J_PER_KWH = 3_600_000
@@ -71,6 +75,14 @@ class Carbon:
     def total_g(self) -> float:
         """Operational plus embodied carbon."""
         return self.operational_g + self.embodied_g
+
+
+def carbon_g(energy_kwh: Amount, time_s: Amount, ci_g_per_kwh: Any, rate_g_per_s: Any) -> Amount:
+    """``E * CI + rate * T``, gCO2e: operational plus embodied carbon, the one carbon
+    formula. Elementwise on numbers or numpy arrays (``ci_g_per_kwh`` may broadcast, e.g. one
+    intensity per hour as a column); :func:`request_carbon` gives the split of one request.
+    """
+    return energy_kwh * ci_g_per_kwh + rate_g_per_s * time_s  # type: ignore[operator]
 
 
 def request_carbon(

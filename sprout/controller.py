@@ -345,17 +345,40 @@ class Controller:
         for reading in readings:
             self.window.add(reading.time, reading.ci_g_per_kwh)
 
-    def swap_policy(self, policy: Policy, policy_version: int | None) -> None:
-        """Serve later requests with ``policy`` (e.g. a retrained version), no restart.
+    def swap_policy(
+        self,
+        policy: Policy,
+        policy_version: int | None,
+        *,
+        replacing: Policy | None = None,
+        keep_guard: bool = True,
+    ) -> bool:
+        """Serve later requests with ``policy`` (e.g. a retrained version), no restart. The
+        one way the serving policy changes: under the lock that decides requests, the policy
+        and its version together.
 
-        A quality guard engaged around the current policy stays engaged around the new one
-        until the quality loop's next estimate (see :func:`sprout.judge.quality.rewrap`).
+        Args:
+            policy: the new policy.
+            policy_version: its version id (what later receipts name).
+            replacing: the policy ``policy`` was derived from: swap only if it is still the
+                one serving (else nothing changes and False is returned: derive again from
+                :meth:`serving`), so that two writers (a retrained version, the quality
+                loop's estimate) cannot undo each other.
+            keep_guard: keep a quality guard engaged around the current policy around the
+                new one until the quality loop's next estimate (see
+                :func:`sprout.judge.quality.rewrap`); False: ``policy`` carries its own.
+
+        Returns:
+            Whether the swap happened.
         """
         from sprout.judge.quality import rewrap
 
         with self._lock:
-            self.policy = rewrap(self.policy, policy)
+            if replacing is not None and self.policy is not replacing:
+                return False
+            self.policy = rewrap(self.policy, policy) if keep_guard else policy
             self.policy_version = policy_version
+            return True
 
     def serving(self) -> tuple[Policy, int | None]:
         """The policy deciding requests now and its version id, read together."""

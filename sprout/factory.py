@@ -12,6 +12,7 @@ from sprout.carbon.base import CarbonProvider, utcnow
 from sprout.config import Settings
 from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
+from sprout.policy.base import LP_KIND
 
 if TYPE_CHECKING:
     from sprout.carbon.signal import CarbonSignal
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from sprout.ledger.store import Ledger
     from sprout.policy.base import Policy
     from sprout.policy.stats import LevelStats
-
-#: Policy-version kind of Sprout's LP statistics.
-LP_KIND = "sprout-lp"
 
 
 def load_directives(settings: Settings) -> DirectiveSet:

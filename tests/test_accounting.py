@@ -69,3 +69,18 @@ def test_saving():
     for baseline in (0.0, -1.0):
         with pytest.raises(ValueError, match="baseline carbon must be > 0"):
             acc.saving(1.0, baseline)
+
+
+def test_one_carbon_formula_for_numbers_and_arrays() -> None:
+    import numpy as np
+
+    one = acc.request_carbon(0.002, 3.0, 250.0, 1e-4)
+    assert acc.carbon_g(0.002, 3.0, 250.0, 1e-4) == pytest.approx(one.total_g)
+    energy = np.array([[0.001, 0.002], [0.003, 0.004]])
+    time_s = np.array([[1.0, 2.0], [3.0, 4.0]])
+    ci = np.array([100.0, 300.0])[:, None]  # one intensity per row, broadcast
+    got = acc.carbon_g(energy, time_s, ci, 1e-4)
+    for i in range(2):
+        for j in range(2):
+            want = acc.request_carbon(energy[i, j], time_s[i, j], ci[i, 0], 1e-4).total_g
+            assert got[i, j] == pytest.approx(want)

@@ -18,7 +18,7 @@ from sprout.engines.base import Engine, Generation
 from sprout.errors import ProviderError, RequestError, UnknownPromptError
 from sprout.factory import build_controller
 from sprout.ledger.store import Ledger
-from sprout.policy.base import Decision
+from sprout.policy.base import Decision, Policy
 
 START_HOUR = 3912  # 2023-06-12 00:00 UTC in the bundled traces
 
@@ -288,3 +288,61 @@ def test_receipt_has_no_split_without_the_first_token_time(sqlite_url, clock):
         stored = c.ledger.receipts()
     assert r.prefill_kwh is None and r.decode_kwh is None
     assert stored == [r]
+
+
+class _Baseline(Policy):
+    """A policy that always serves the baseline (a stand-in for a retrained version)."""
+
+    kind = "fixed"
+
+    def __init__(self, directives):
+        self.directives = directives
+
+    def decide(self, prompt, carbon, rng):
+        return Decision(self.directives.baseline, "fixed")
+
+
+def test_a_swap_derived_from_a_replaced_policy_is_refused(controller):
+    before, version = controller.serving()
+    retrained = _Baseline(controller.directives)
+    assert controller.swap_policy(retrained, 99)  # no condition: always swaps
+    # A writer that derived its policy from `before` must not undo the retrained version.
+    stale = _Baseline(controller.directives)
+    assert not controller.swap_policy(stale, version, replacing=before)
+    assert controller.serving() == (retrained, 99)
+    assert controller.swap_policy(stale, 100, replacing=retrained)
+    assert controller.serving() == (stale, 100)
+
+
+def test_a_quality_estimate_applies_to_the_policy_swapped_in_meanwhile(controller, monkeypatch):
+    from sprout.judge import job as job_module
+    from sprout.judge.quality import QualityEstimate, QualityGuardPolicy, unwrap
+
+    levels = tuple(d.name for d in controller.directives)
+    estimate = QualityEstimate(
+        levels=levels,
+        quality=tuple(1.0 / len(levels) for _ in levels),
+        at=controller.now(),
+        n_verdicts=50,
+        weight=50.0,
+        preference=0.5,
+        floor=0.9,
+        l0_share=0.8,
+    )
+    retrained = _Baseline(controller.directives)
+    real = job_module.policy_with_estimate
+    calls = []
+
+    def racing(policy, est, baseline):
+        calls.append(unwrap(policy))
+        if len(calls) == 1:  # a retrained version lands while the estimate is applied
+            controller.swap_policy(retrained, 7)
+        return real(policy, est, baseline)
+
+    monkeypatch.setattr(job_module, "policy_with_estimate", racing)
+    job_module.apply_estimate(controller, estimate, 0.1)
+    policy, version = controller.serving()
+    assert len(calls) == 2 and calls[1] is retrained
+    # The guard wraps the retrained version: neither writer undid the other.
+    assert isinstance(policy, QualityGuardPolicy) and unwrap(policy) is retrained
+    assert version == 7

@@ -14,10 +14,11 @@ from sprout.config import load_settings
 from sprout.data import LEVELS
 from sprout.demo import pick_prompts, run_demo
 from sprout.factory import build_controller, bundled_level_stats, load_directives
-from sprout.judge.job import QUALITY_KIND, build_judge_job
+from sprout.judge.job import build_judge_job
 from sprout.judge.judges import ReplayJudge
 from sprout.judge.report import verdict_report
 from sprout.ledger.audit import ledger_report
+from sprout.policy.base import QUALITY_KIND
 
 START = 3912
 HOUR = timedelta(hours=1)

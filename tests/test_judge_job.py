@@ -18,11 +18,12 @@ from sprout.engines.base import Engine
 from sprout.engines.openai_compat import OpenAIEngine
 from sprout.errors import EngineError, UnknownPromptError
 from sprout.factory import build_controller, bundled_level_stats, load_directives
-from sprout.judge.job import QUALITY_KIND, JudgeJob, build_judge_job, cron_fields, hour_index
+from sprout.judge.job import JudgeJob, build_judge_job, cron_fields, hour_index
 from sprout.judge.judges import Judge, JudgeItem, JudgeResult, LLMJudge, ReplayJudge
 from sprout.judge.quality import GUARD_REASON, Observation, QualityGuardPolicy, estimate_quality
 from sprout.ledger.audit import ledger_report
 from sprout.ledger.locks import job_lock
+from sprout.policy.base import QUALITY_KIND
 from sprout.policy.sprout_lp import SproutLPPolicy
 from tests.fake_openai_server import FakeOpenAIServer
 

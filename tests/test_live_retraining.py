@@ -31,7 +31,7 @@ from sprout.factory import build_controller
 from sprout.judge.job import build_judge_job
 from sprout.judge.judges import LLMJudge
 from sprout.ledger.store import Ledger
-from sprout.policy.contextual import CONTEXTUAL_KIND
+from sprout.policy.base import CONTEXTUAL_KIND
 
 #: The synthetic family's marker, and the directive its judge always prefers.
 FAMILY = "zorblat"

@@ -62,6 +62,7 @@ from sprout.judge.quality import (
 )
 from sprout.judge.timing import ForecastEvaluatorClock, ForecastTimingRule, judge_run_reason
 from sprout.judge.training import refresh_margin
+from sprout.policy.base import QUALITY_KIND
 from sprout.policy.history import CIWindow
 from sprout.receipt import Receipt, metered_receipt
 
@@ -82,8 +83,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sprout.judge")
 
-#: Policy-version kind of the quality loop's estimates.
-QUALITY_KIND = "judge-quality"
 #: Receipt ``directive`` of a judge call, and ``decision`` of the loop's receipts.
 JUDGE_DIRECTIVE = "judge"
 ANSWER_DECISION = "judge-answer"
@@ -352,23 +351,32 @@ def restore_quality(
     return new_policy, new_stats or stats
 
 
+#: Attempts to apply an estimate while other writers keep swapping the serving policy.
+_SWAP_TRIES = 3
+
+
 def apply_estimate(controller: Controller, estimate: QualityEstimate, xi: float) -> None:
     """Give ``controller`` the estimate: its LP the new quality (stored as a new LP policy
-    version, which its receipts then name), and the quality guard its baseline share."""
-    policy, stats = policy_with_estimate(
-        controller.policy, estimate, controller.directives.baseline
-    )
-    version = controller.policy_version
-    if stats is not None and controller.ledger is not None:
-        from sprout.factory import lp_policy_version
+    version, which its receipts then name), and the quality guard its baseline share.
 
-        try:
-            version = lp_policy_version(controller.ledger, stats, xi)
-        except SproutError as e:  # the receipts then keep the older version's id
-            log.error("quality loop: refreshed LP statistics not stored: %s", e)
-    # Version first: a receipt never names a version older than the policy it used.
-    controller.policy_version = version
-    controller.policy = policy
+    The new policy is derived from the serving one and swapped in only if that still serves
+    (a retrained version may be swapped in meanwhile: then it is derived again from that).
+    """
+    for _ in range(_SWAP_TRIES):
+        current, version = controller.serving()
+        policy, stats = policy_with_estimate(current, estimate, controller.directives.baseline)
+        if stats is not None and controller.ledger is not None:
+            from sprout.factory import lp_policy_version
+
+            try:
+                version = lp_policy_version(controller.ledger, stats, xi)
+            except SproutError as e:  # the receipts then keep the older version's id
+                log.error("quality loop: refreshed LP statistics not stored: %s", e)
+        if controller.swap_policy(policy, version, replacing=current, keep_guard=False):
+            return
+    log.warning(
+        "quality loop: the serving policy kept changing; the estimate applies at the next run"
+    )
 
 
 class QualityFollower:
@@ -1056,7 +1064,6 @@ __all__ = [
     "ANSWER_DECISION",
     "CALL_DECISION",
     "JUDGE_DIRECTIVE",
-    "QUALITY_KIND",
     "JudgeJob",
     "JudgeJobConfig",
     "JudgeRun",

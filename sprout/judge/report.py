@@ -127,7 +127,7 @@ def verdict_report(
         sampled_prompts_table,
         verdicts_table,
     )
-    from sprout.judge.job import QUALITY_KIND
+    from sprout.policy.base import QUALITY_KIND
 
     if since is not None and until is not None and since >= until:
         raise ConfigError(f"the window is empty: since {since} is not before until {until}")

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.policy.base import CarbonContext
 from sprout.policy.optimizer import relaxation
 
@@ -39,8 +40,9 @@ _BISECTIONS = 200
 def expected_carbon_g(
     energy_kwh: np.ndarray, time_s: np.ndarray, ci_g_per_kwh: float, embodied_g_per_s: float
 ) -> np.ndarray:
-    """Carbon ``E * CI + e_emb * T`` elementwise, gCO2e (operational plus embodied)."""
-    return np.asarray(energy_kwh) * ci_g_per_kwh + embodied_g_per_s * np.asarray(time_s)
+    """Carbon ``E * CI + e_emb * T`` elementwise, gCO2e (:func:`sprout.accounting.carbon_g`
+    on arrays)."""
+    return carbon_g(np.asarray(energy_kwh), np.asarray(time_s), ci_g_per_kwh, embodied_g_per_s)
 
 
 def floor_fraction(

@@ -8,6 +8,17 @@ from dataclasses import dataclass
 
 from sprout.directives import Directive
 
+# The kinds of stored policy versions (the ledger's ``policy_versions.kind``), in one place:
+# a receipt names the version its policy was, and each kind's reader and writer agree here.
+#: Sprout's LP policy: its per-directive statistics.
+LP_KIND = "sprout-lp"
+#: The per-request policy: the contextual model and its reference predictions.
+CONTEXTUAL_KIND = "contextual"
+#: The quality loop's estimate: per-directive quality and the guard's share.
+QUALITY_KIND = "judge-quality"
+#: Every kind, for validation and listings.
+POLICY_KINDS: tuple[str, ...] = (LP_KIND, CONTEXTUAL_KIND, QUALITY_KIND)
+
 # The per-request policy's training data (see sprout.policy.retrain.choose_sources). Kept
 # here, in a light module, so that the CLI's parser can offer them without importing the
 # model.

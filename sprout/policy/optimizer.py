@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.errors import InfeasibleError, OptimizerError
 
 #: Slack allowed when checking a solution against the floor (solver tolerance).
@@ -115,7 +116,7 @@ def solve_mix(
     if not math.isfinite(embodied_g_per_s) or embodied_g_per_s < 0:
         raise OptimizerError(f"embodied_g_per_s: must be finite and >= 0, got {embodied_g_per_s!r}")
 
-    cost = e * ci_g_per_kwh + embodied_g_per_s * t
+    cost = carbon_g(e, t, ci_g_per_kwh, embodied_g_per_s)
     floor = quality_floor(float(q[0]), xi, ci_g_per_kwh, ci_min, ci_max)
     if float(q.max()) < floor - _FEASIBILITY_TOL:
         raise InfeasibleError(

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from sprout.directives import DirectiveSet
 from sprout.errors import OptimizerError
-from sprout.policy.base import CarbonContext, Decision, Policy
+from sprout.policy.base import LP_KIND, CarbonContext, Decision, Policy
 from sprout.policy.optimizer import MixSolution, solve_mix
 from sprout.policy.stats import LevelStats
 
@@ -21,7 +21,7 @@ class SproutLPPolicy(Policy):
     carbon context, since the intensity changes hourly while requests arrive far faster.
     """
 
-    kind = "sprout-lp"
+    kind = LP_KIND
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.errors import ConfigError
 from sprout.sim.methods.base import (
     Assignment,
@@ -84,9 +85,11 @@ def judging_overhead_g(method: Method, setup: SimSetup, levels: tuple[str, ...])
         scale = traffic_scale if event.share_of_traffic else 1.0
         ci = float(setup.carbon.ci_g_per_kwh[event.hour])
         rows = event.rows
-        per_level = (
-            w.energy_kwh[np.ix_(rows, cols)] * ci
-            + setup.embodied_g_per_s * w.time_s[np.ix_(rows, cols)]
+        per_level = carbon_g(
+            w.energy_kwh[np.ix_(rows, cols)],
+            w.time_s[np.ix_(rows, cols)],
+            ci,
+            setup.embodied_g_per_s,
         )
         if event.served_level is not None:
             served = per_level[np.arange(rows.size), event.served_level]
@@ -178,8 +181,12 @@ def run_method(
             c = cols[a]
             carbon[h] = float(
                 np.mean(
-                    workload.energy_kwh[rows, c] * hour.carbon.ci_g_per_kwh
-                    + setup.embodied_g_per_s * workload.time_s[rows, c]
+                    carbon_g(
+                        workload.energy_kwh[rows, c],
+                        workload.time_s[rows, c],
+                        hour.carbon.ci_g_per_kwh,
+                        setup.embodied_g_per_s,
+                    )
                 )
             )
             quality[h] = float(np.mean(verdicts == code_arr[a[graded]])) if known else math.nan

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.data import LEVELS
 from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
@@ -126,9 +127,11 @@ class SimSetup:
         """(hours, levels) mean carbon per request at each level, by the hourly samples."""
         cols = [self.workload.key_index(name) for name in levels]
         s = self.samples
-        return (
-            s.energy_kwh[:, cols] * self.carbon.ci_g_per_kwh[:, None]
-            + self.embodied_g_per_s * s.time_s[:, cols]
+        return carbon_g(
+            s.energy_kwh[:, cols],
+            s.time_s[:, cols],
+            self.carbon.ci_g_per_kwh[:, None],
+            self.embodied_g_per_s,
         )
 
 

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.errors import InfeasibleError
 from sprout.policy.optimizer import quality_floor
 from sprout.sim.methods.base import (
@@ -82,7 +83,8 @@ class OracleRequest(Method):
         names = self.levels(setup)
         cols = [setup.workload.key_index(n) for n in names]
         self._energy = setup.workload.energy_kwh[:, cols]
-        self._embodied_g = setup.embodied_g_per_s * setup.workload.time_s[:, cols]
+        self._time_s = setup.workload.time_s[:, cols]
+        self._embodied_g_per_s = setup.embodied_g_per_s
         # Map verdict codes (0..2 over L0, L1, L2) to this method's level indices.
         to_level = np.full(4, -1, dtype=np.int64)  # index 3 catches NO_VERDICT (-1)
         for i, n in enumerate(names):
@@ -98,10 +100,12 @@ class OracleRequest(Method):
         """Greedy-exact assignment of the hour's judged prompts."""
         rows = hour.judged_rows
         c = hour.carbon
-        carbon_g = self._energy[rows] * c.ci_g_per_kwh + self._embodied_g[rows]
+        cost_g = carbon_g(
+            self._energy[rows], self._time_s[rows], c.ci_g_per_kwh, self._embodied_g_per_s
+        )
         preferred = self._to_level[self._verdict[rows]]
         q0 = float(hour.quality[self._base_code]) if self._base_code is not None else 0.0
         floor = quality_floor(q0, self._xi, c.ci_g_per_kwh, c.ci_min, c.ci_max)
         return Assignment(
-            min_carbon_assignment(carbon_g, preferred, required_count(floor, rows.size))
+            min_carbon_assignment(cost_g, preferred, required_count(floor, rows.size))
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.sim.methods.base import HourInputs, Method, Shares, SimSetup, register_method
 
 
@@ -38,9 +39,11 @@ class Co2Opt(Method):
 
     def decide(self, hour: HourInputs) -> Shares:
         """One-hot on the cheapest level by the hour's mean costs."""
-        cost = (
-            hour.energy_kwh[self._cols] * hour.carbon.ci_g_per_kwh
-            + self._embodied * hour.time_s[self._cols]
+        cost = carbon_g(
+            hour.energy_kwh[self._cols],
+            hour.time_s[self._cols],
+            hour.carbon.ci_g_per_kwh,
+            self._embodied,
         )
         x = np.zeros(len(self._cols))
         x[int(np.argmin(cost))] = 1.0
