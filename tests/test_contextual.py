@@ -21,6 +21,7 @@ from sprout.policy.contextual import (
     FeatureConfig,
     LevelPrediction,
     TextFeatures,
+    estimate_margin,
     fit_calibration,
     fit_model,
     prompt_terms,
@@ -325,6 +326,32 @@ def test_bounded_cost_prices_out_levels_that_lose_too_much() -> None:
     lam = multiplier(bounded, pref, 0.45)
     assert np.isfinite(lam)
     assert choose(bounded, pref, lam)[0] in (0, 1)
+
+
+def test_margin_is_estimated_for_the_assignment_the_bound_allows() -> None:
+    # Kind A gains by brevity and the model knows it; kind B loses all of it, and the model
+    # thinks it loses 0.4. Unbounded, the floor is met by B's brevity paid for by A: the
+    # model's error on B all lands in the realised preference. Bounded at 0.2, B stays at
+    # the baseline and only A's (calibrated) part of the promise is at stake.
+    n = 100
+    pref = np.array([[0.3, 0.7]] * n + [[0.7, 0.3]] * n)
+    y = np.array([1] * 70 + [0] * 30 + [0] * n)
+    energy = np.tile([10.0, 1.0], (2 * n, 1))
+    time_s = np.zeros_like(energy)
+    _, gap_free, _ = estimate_margin(pref, y, energy, time_s, 0.0)
+    _, gap_bound, _ = estimate_margin(pref, y, energy, time_s, 0.0, max_loss=0.2)
+    assert gap_free == pytest.approx(1.0 - 35 / 65)  # expects 100 %, realises 35/65
+    assert gap_bound == pytest.approx(1.4 - 85 / 65)  # expects 140 %, realises 85/65
+    # A bound of 1 allows every level: the unbounded estimate.
+    assert estimate_margin(pref, y, energy, time_s, 0.0, max_loss=1.0)[1] == gap_free
+
+
+def test_fit_records_the_bound_its_margin_assumes() -> None:
+    texts, preferred, energy, time_s = synthetic()
+    model, _ = fit_model(texts, preferred, energy, time_s, LEVELS, max_loss=0.2)
+    assert model.info["margin_max_loss"] == 0.2
+    again = ContextualModel.from_params(json.loads(json.dumps(model.to_params())))
+    assert again.info["margin_max_loss"] == 0.2
 
 
 def test_policy_bound_holds_each_kind_of_prompt_when_the_mix_shifts(fitted: tuple) -> None:

@@ -19,8 +19,8 @@ from sprout.data import DATASETS, load_workload
 from sprout.errors import ConfigError
 from sprout.factory import build_controller, load_directives
 from sprout.ledger.store import Ledger
-from sprout.policy.base import DEFAULT_MAX_LOSS
-from sprout.policy.contextual import CONTEXTUAL_KIND, ContextualPolicy, FeatureConfig
+from sprout.policy.base import CONTEXTUAL_KIND, DEFAULT_MAX_LOSS
+from sprout.policy.contextual import ContextualPolicy, FeatureConfig
 from sprout.policy.retrain import (
     BundledSource,
     LedgerSource,
@@ -337,6 +337,7 @@ def test_cli_retrain_no_store(
     from sprout.policy import retrain as module
 
     monkeypatch.setattr(module, "BundledSource", SmallBundled)
+    monkeypatch.setenv("SPROUT_POLICY_MAX_LOSS", "0.1")
     out = tmp_path / "metrics.json"
     code = main(
         [
@@ -353,7 +354,10 @@ def test_cli_retrain_no_store(
     assert code == 0
     printed = capsys.readouterr().out
     assert "held out:" in printed and "stored" not in printed
-    assert json.loads(out.read_text())["split"]["seed"] == 1
+    metrics = json.loads(out.read_text())
+    assert metrics["split"]["seed"] == 1
+    # The margin is estimated for the assignment the serving policy's bound allows.
+    assert metrics["training"]["margin_max_loss"] == 0.1
     assert main(["retrain", "--held-out", "1.5"]) == 2
 
 

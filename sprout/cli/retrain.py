@@ -67,6 +67,7 @@ def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
             refit_all=args.refit_all,
             data=args.data,
             now=parse_time_option(args.as_of, "--as-of"),  # None: now, at each run
+            max_loss=settings.policy_max_loss,
         )
     finally:
         if ledger is not None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sprout.accounting import carbon_g
 from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError, OptimizerError
 from sprout.policy.assign import (
@@ -54,13 +55,11 @@ from sprout.policy.assign import (
     multiplier,
     preference_curve,
 )
-from sprout.policy.base import CarbonContext, Decision, Policy
+from sprout.policy.base import CONTEXTUAL_KIND, CarbonContext, Decision, Policy
 
 if TYPE_CHECKING:
     from scipy import sparse
 
-#: Policy-version kind of a stored contextual model.
-CONTEXTUAL_KIND = "contextual"
 #: Version of the parameter format written by :meth:`ContextualModel.to_params`.
 PARAMS_FORMAT = 1
 #: Standard error assumed for a stored margin that carries none (in units of ``q0``).
@@ -497,6 +496,7 @@ class FitReport:
         prior_log_loss: log loss of predicting the training shares for every prompt.
         calibration: the fitted temperature and offsets.
         margin: the chosen safety margin; margin_gap, margin_se: its estimate and error.
+        margin_max_loss: the per-request bound the margin was estimated under (None: none).
     """
 
     n_judged: int
@@ -509,6 +509,7 @@ class FitReport:
     margin: float
     margin_gap: float
     margin_se: float
+    margin_max_loss: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -570,6 +571,7 @@ def estimate_margin(
     z: float = 1.0,
     boot: int = 200,
     seed: int = 0,
+    max_loss: float | None = None,
 ) -> tuple[float, float, float]:
     """How much more normalized preference the assignment expects than it realises.
 
@@ -578,6 +580,10 @@ def estimate_margin(
     is compared with the realised one (the verdicts). Choosing each prompt's level by its
     predicted preference favours over-estimates (the winner's curse), so the gap is usually
     positive; the margin is the gap plus ``z`` bootstrap standard errors.
+
+    ``max_loss`` is the serving policy's per-request bound (see
+    :func:`sprout.policy.assign.bounded_cost`): the margin is of the assignment the policy
+    makes, and a bounded one strays less far from what the verdicts support.
 
     Returns:
         (margin, gap, standard error), each in units of ``q0`` (0.02 = 2 points).
@@ -588,7 +594,9 @@ def estimate_margin(
     gaps = []
     boots = []
     for ci in MARGIN_CI_G_PER_KWH:
-        cost = expected_carbon_g(energy_kwh, time_s, ci, embodied_g_per_s)
+        cost = bounded_cost(
+            expected_carbon_g(energy_kwh, time_s, ci, embodied_g_per_s), pref, max_loss
+        )
         q0_hat = float(pref[:, 0].mean())
         lam = multiplier(cost, pref, target * q0_hat)
         k = choose(cost, pref, lam)
@@ -615,6 +623,7 @@ def fit_model(
     margin_z: float = 0.0,
     weights: np.ndarray | None = None,
     info: Mapping[str, Any] | None = None,
+    max_loss: float | None = None,
 ) -> tuple[ContextualModel, FitReport]:
     """Fit the featurizer, the calibrated preference model and the cost regressions.
 
@@ -631,6 +640,8 @@ def fit_model(
         weights: (prompts,) sample weights of the preference and cost fits (e.g. recency);
             the calibration and the margin are estimated unweighted.
         info: notes stored with the model.
+        max_loss: the serving policy's per-request bound, under which the margin is
+            estimated (stored in the model's notes as ``margin_max_loss``).
 
     Raises:
         ConfigError: too little data (naming what is missing).
@@ -706,7 +717,7 @@ def fit_model(
         calibration=calibration,
         cost_weights=cost_w,
         cost_bias=cost_b,
-        info=dict(info or {}),
+        info={**(info or {}), "margin_max_loss": max_loss},
     )
     # The margin needs the cost predictions of the judged prompts (in sample: the cost model
     # is not what is being checked) and their out-of-fold preferences.
@@ -719,6 +730,7 @@ def fit_model(
         embodied_g_per_s,
         z=margin_z,
         seed=config.seed,
+        max_loss=max_loss,
     )
     model.margin = margin
     model.margin_se = max(se, 1e-4)
@@ -733,6 +745,7 @@ def fit_model(
         margin=margin,
         margin_gap=gap,
         margin_se=se,
+        margin_max_loss=max_loss,
     )
     return model, report
 
@@ -1133,7 +1146,7 @@ class ContextualPolicy(Policy):
         pref, energy, time = self.model.predict_lists(prompt)
         lam = self.multiplier(carbon)
         ci, emb = carbon.ci_g_per_kwh, self.embodied_g_per_s
-        cost = [e * ci + emb * t for e, t in zip(energy, time, strict=True)]
+        cost = [carbon_g(e, t, ci, emb) for e, t in zip(energy, time, strict=True)]
         if self.max_loss is not None:  # bounded_cost, on three numbers
             least = pref[0] - self.max_loss
             cost = [c if p >= least else math.inf for c, p in zip(cost, pref, strict=True)]

@@ -33,10 +33,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from sprout.errors import ConfigError, SproutError
-from sprout.policy.assign import choose, expected_carbon_g, multiplier
-from sprout.policy.base import DATA_CHOICES, MIN_LEDGER_EXAMPLES
-from sprout.policy.contextual import (
+from sprout.policy.assign import bounded_cost, choose, expected_carbon_g, multiplier
+from sprout.policy.base import (
     CONTEXTUAL_KIND,
+    DATA_CHOICES,
+    DEFAULT_MAX_LOSS,
+    MIN_LEDGER_EXAMPLES,
+)
+from sprout.policy.contextual import (
     ContextualModel,
     ContextualPolicy,
     FeatureConfig,
@@ -433,13 +437,15 @@ def heldout_metrics(
     data: TrainingSet,
     embodied_g_per_s: float,
     ci_g_per_kwh: float = CHECK_CI_G_PER_KWH,
+    max_loss: float | None = DEFAULT_MAX_LOSS,
 ) -> dict[str, Any]:
     """Figures of ``model`` on the held-out examples.
 
     Top-1 accuracy and log loss of the preference; log-R² of energy and latency per level;
     and a policy check at one intensity over the held-out prompts as one batch: the
     multiplier meeting ``(1 + margin) * q0^`` in expectation, and the carbon saving and
-    normalized preference that choice realises against always-baseline.
+    normalized preference that choice realises against always-baseline, under the serving
+    policy's per-request bound ``max_loss``.
     """
     rows = np.flatnonzero(data.held_out)
     if rows.size == 0:
@@ -469,8 +475,12 @@ def heldout_metrics(
     if measured.sum() > 1:
         p = pred.pref[measured]
         yy = y[measured]
-        cost = expected_carbon_g(
-            pred.energy_kwh[measured], pred.time_s[measured], ci_g_per_kwh, embodied_g_per_s
+        cost = bounded_cost(
+            expected_carbon_g(
+                pred.energy_kwh[measured], pred.time_s[measured], ci_g_per_kwh, embodied_g_per_s
+            ),
+            p,
+            max_loss,
         )
         real = expected_carbon_g(
             data.energy_kwh[rows][measured],
@@ -497,6 +507,7 @@ def fit_training_set(
     config: FeatureConfig | None = None,
     embodied_g_per_s: float | None = None,
     refit_all: bool = False,
+    max_loss: float | None = DEFAULT_MAX_LOSS,
 ) -> Retrained:
     """Fit on the training part of ``data`` and evaluate on its held-out part.
 
@@ -506,6 +517,8 @@ def fit_training_set(
         embodied_g_per_s: embodied carbon rate (default: Sprout's server).
         refit_all: after evaluating, refit on every example (the stored model then differs
             from the evaluated one; its metrics say so).
+        max_loss: the serving policy's per-request bound: the margin and the held-out check
+            are of the assignment it makes.
     """
     from sprout.accounting import embodied_rate_g_per_s
 
@@ -525,11 +538,15 @@ def fit_training_set(
             embodied_g_per_s=rate,
             weights=data.weights[rows],
             info={"sources": list(data.sources), "examples": int(rows.size)},
+            max_loss=max_loss,
         )
         return model, report.as_dict()
 
     model, report = fit(train)
-    metrics: dict[str, Any] = {"training": report, "held_out": heldout_metrics(model, data, rate)}
+    metrics: dict[str, Any] = {
+        "training": report,
+        "held_out": heldout_metrics(model, data, rate, max_loss=max_loss),
+    }
     if refit_all and data.held_out.any():
         model, metrics["training_all"] = fit(np.ones(data.size, dtype=bool))
         metrics["note"] = "held_out figures are of the model fitted on the training split only"
@@ -560,6 +577,7 @@ def retrain(
     data: str = "auto",
     now: datetime | None = None,
     store: bool = True,
+    max_loss: float | None = DEFAULT_MAX_LOSS,
 ) -> Retrained:
     """Rebuild the model and store it as a new policy version (if ``ledger`` is given).
 
@@ -576,6 +594,8 @@ def retrain(
         data: which data when ``sources`` is not given (see :func:`choose_sources`).
         now: the time of the ledger examples' recency weights (default: now).
         store: store the model in ``ledger`` (False: learn from it, store nothing).
+        max_loss: the serving policy's per-request bound (``policy_max_loss``), under which
+            the margin and the held-out check are estimated.
 
     Raises:
         ConfigError: no usable training data.
@@ -595,7 +615,11 @@ def retrain(
         sources=[s.name for s in sources],
     )
     result = fit_training_set(
-        data, config=config, embodied_g_per_s=embodied_g_per_s, refit_all=refit_all
+        data,
+        config=config,
+        embodied_g_per_s=embodied_g_per_s,
+        refit_all=refit_all,
+        max_loss=max_loss,
     )
     result.metrics["split"] = {"seed": split_seed, "held_out_fraction": held_out_fraction}
     if ledger is not None and store:

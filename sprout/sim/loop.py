@@ -371,9 +371,11 @@ def retrain_policy(
     levels: Sequence[str],
     build: Callable[[dict[str, Any]], Any],
     embodied_g_per_s: float,
+    max_loss: float | None,
 ) -> Any:
-    """The scheduled retrain: sources picked as live, fitted by :func:`retrain`, the policy
-    built from the stored form by ``build(params)``."""
+    """The scheduled retrain: sources picked as live, fitted by :func:`retrain` (its margin
+    estimated under the policy's bound ``max_loss``), the policy built from the stored form
+    by ``build(params)``."""
     from sprout.policy.retrain import pick_sources, retrain
 
     opts = config.retrain
@@ -387,6 +389,7 @@ def retrain_policy(
         refit_all=opts.refit_all,
         embodied_g_per_s=embodied_g_per_s,
         store=False,
+        max_loss=max_loss,
     )
     return build(result.params())
 

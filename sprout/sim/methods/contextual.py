@@ -40,6 +40,7 @@ import numpy as np
 
 from sprout.data import LEVELS
 from sprout.errors import ConfigError
+from sprout.policy.base import DEFAULT_MAX_LOSS
 from sprout.policy.contextual import ContextualModel, ContextualPolicy, LevelPrediction, fit_model
 from sprout.sim.loop import ExampleSource, SimQualityLoop, retrain_policy
 from sprout.sim.methods.base import (
@@ -92,14 +93,19 @@ _CACHE_SIZE = 4
 
 
 def _trained(
-    workload: WorkloadArrays, split: PromptSplit, levels: tuple[str, ...], embodied: float
+    workload: WorkloadArrays,
+    split: PromptSplit,
+    levels: tuple[str, ...],
+    embodied: float,
+    max_loss: float | None = DEFAULT_MAX_LOSS,
 ) -> _Trained:
-    """(model, fit report, predictions for every evaluated row, reference predictions)."""
-    key = (id(workload), split, levels, embodied)
+    """(model, fit report, predictions for every evaluated row, reference predictions); the
+    margin estimated under the policy's bound ``max_loss``."""
+    key = (id(workload), split, levels, embodied, max_loss)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is workload:
         return hit[1]
-    trained = _train(workload, split, levels, embodied)
+    trained = _train(workload, split, levels, embodied, max_loss)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (workload, trained)
@@ -107,7 +113,11 @@ def _trained(
 
 
 def _train(
-    workload: WorkloadArrays, split: PromptSplit, levels: tuple[str, ...], embodied: float
+    workload: WorkloadArrays,
+    split: PromptSplit,
+    levels: tuple[str, ...],
+    embodied: float,
+    max_loss: float | None,
 ) -> _Trained:
     evaluated = split.evaluated(workload)
     training = split.training(workload)
@@ -137,6 +147,7 @@ def _train(
             "unseen": list(split.unseen),
             "training_rows": int(train_rows.size),
         },
+        max_loss=max_loss,
     )
     rng = np.random.default_rng(split.seed)
     judged_train = np.flatnonzero(training)
@@ -170,7 +181,7 @@ class Contextual(Method):
         with the margin learnt, the quality loop."""
         levels = self.levels(setup)
         model, self.fit_report, self._pred, reference = _trained(
-            setup.workload, setup.split, levels, setup.embodied_g_per_s
+            setup.workload, setup.split, levels, setup.embodied_g_per_s, setup.policy_max_loss
         )
         self._setup = setup
         self._levels = levels
@@ -270,7 +281,13 @@ class Contextual(Method):
                 )
 
             self.policy = retrain_policy(
-                loop.config, live, bundled, self._levels, build, setup.embodied_g_per_s
+                loop.config,
+                live,
+                bundled,
+                self._levels,
+                build,
+                setup.embodied_g_per_s,
+                setup.policy_max_loss,
             )
             self.version += 1
             self._pred = _predict_evaluated(self.policy.model, w, setup.split)
