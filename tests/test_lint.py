@@ -21,3 +21,13 @@ def test_tool_is_clean(args):
         [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_layering_contracts_hold():
+    """import-linter's contracts in pyproject.toml (function-local imports count)."""
+    code = "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 kept, 0 broken" in out.stdout
