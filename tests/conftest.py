@@ -16,6 +16,23 @@ from sprout.data import load_workload
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
+#: Test modules that build tiny torch/transformers models (the ``hf`` extra).
+_HF_MODULES = ("build_tiny_models", "tiny_models")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it needs, so that a run can pick (``-m "not postgres"``):
+    ``postgres`` (the session's PostgreSQL server, :func:`pg`), ``hf`` (tiny torch models
+    built at run time) and ``slow`` (modules marked so, simulations and servers)."""
+    for item in items:
+        if "pg" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+        module = getattr(item, "module", None)
+        names = vars(module) if module is not None else {}
+        if any(name in names for name in _HF_MODULES):
+            item.add_marker(pytest.mark.hf)
+
+
 @pytest.fixture(scope="session")
 def judged_records():
     """Bundled judged prompts with a clear verdict (every directive's answer recorded)."""

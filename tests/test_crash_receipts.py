@@ -21,6 +21,9 @@ import pytest
 import requests
 from fake_openai_server import FakeOpenAIServer, wait_until
 
+#: Servers, subprocesses or a browser: seconds per test (deselect with -m "not slow").
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("fastapi")
 
 MODEL = "crash-model"

@@ -29,6 +29,9 @@ from sprout.config import load_settings
 from sprout.dashboard.app import create_dashboard_app
 from sprout.dashboard.data import Dashboard
 
+#: Servers, subprocesses or a browser: seconds per test (deselect with -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = Path(os.environ.get("SPROUT_DASHBOARD_SCREENSHOT") or ROOT / "artifacts/dashboard.png")
 READY = "document.body && document.body.dataset.state !== 'loading' && document.body.dataset.state"

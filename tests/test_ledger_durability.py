@@ -22,6 +22,9 @@ from test_ledger import make_receipt
 from sprout.ledger.store import Ledger
 from sprout.ledger.verify import verify
 
+#: Servers, subprocesses or a browser: seconds per test (deselect with -m "not slow").
+pytestmark = pytest.mark.slow
+
 TESTS_DIR = Path(__file__).parent
 #: Scheduling slack on a loaded 2-core machine, on top of the flush interval.
 SLACK_S = 1.5

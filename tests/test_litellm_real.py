@@ -37,6 +37,9 @@ from sprout.factory import build_controller
 from sprout.integrations import litellm as adapter
 from sprout.policy.base import Decision, Policy
 
+#: Servers, subprocesses or a browser: seconds per test (deselect with -m "not slow").
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 MODEL = "llama-3-8b"

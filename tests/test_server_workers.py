@@ -28,6 +28,9 @@ from sqlalchemy import create_engine, text
 from sprout.config import load_settings
 from sprout.errors import ConfigError
 
+#: Servers, subprocesses or a browser: seconds per test (deselect with -m "not slow").
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("fastapi")
 
 MODEL = "workers-model"
