@@ -362,12 +362,12 @@ def apply_estimate(controller: Controller, estimate: QualityEstimate, xi: float)
     The new policy is derived from the serving one and swapped in only if that still serves
     (a retrained version may be swapped in meanwhile: then it is derived again from that).
     """
+    from sprout.factory import lp_policy_version
+
     for _ in range(_SWAP_TRIES):
         current, version = controller.serving()
         policy, stats = policy_with_estimate(current, estimate, controller.directives.baseline)
         if stats is not None and controller.ledger is not None:
-            from sprout.factory import lp_policy_version
-
             try:
                 version = lp_policy_version(controller.ledger, stats, xi)
             except SproutError as e:  # the receipts then keep the older version's id

@@ -16,8 +16,6 @@ LP_KIND = "sprout-lp"
 CONTEXTUAL_KIND = "contextual"
 #: The quality loop's estimate: per-directive quality and the guard's share.
 QUALITY_KIND = "judge-quality"
-#: Every kind, for validation and listings.
-POLICY_KINDS: tuple[str, ...] = (LP_KIND, CONTEXTUAL_KIND, QUALITY_KIND)
 
 # The per-request policy's training data (see sprout.policy.retrain.choose_sources). Kept
 # here, in a light module, so that the CLI's parser can offer them without importing the
