@@ -7,7 +7,7 @@ reads its price map from the package instead of the network):
 * LiteLLM's SDK calling ``sprout serve`` as an OpenAI-compatible server: sync
   ``litellm.completion``, async ``litellm.acompletion``, streamed or not;
 * LiteLLM's SDK with the Sprout callback registered (``litellm.callbacks``);
-* LiteLLM's proxy started with the README's ``config.yaml``, which names
+* LiteLLM's proxy started with the documentation's ``config.yaml`` (docs/proxy.md), which names
   ``sprout.integrations.litellm.proxy_handler``.
 """
 
@@ -41,7 +41,7 @@ from sprout.policy.base import Decision, Policy
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+PROXY_DOCS = REPO / "docs" / "proxy.md"
 MODEL = "llama-3-8b"
 REPLY = "Paris is the capital of France. It is known for the Eiffel Tower and fine food."
 BRIEF = "Always answer very briefly"
@@ -251,20 +251,20 @@ def test_sync_litellm_completion_passes_the_callback_by(sdk_hook, upstream):
     assert _receipts(controller) == [] and not hook._pending
 
 
-# -- LiteLLM's proxy, configured as the README says ---------------------------------------------
+# -- LiteLLM's proxy, configured as the docs say ------------------------------------------------
 
 
-def readme_litellm_config() -> dict:
-    """The LiteLLM proxy ``config.yaml`` of the README's LiteLLM section."""
-    text = README.read_text(encoding="utf-8").split("\n### LiteLLM\n", 1)[1]
+def documented_litellm_config() -> dict:
+    """The LiteLLM proxy ``config.yaml`` of the LiteLLM section of docs/proxy.md."""
+    text = PROXY_DOCS.read_text(encoding="utf-8").split("\n## LiteLLM\n", 1)[1]
     section = re.split(r"\n##+ ", text, maxsplit=1)[0]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
     assert len(blocks) == 1, "the LiteLLM section has one config.yaml"
     return yaml.safe_load(blocks[0])
 
 
-def test_the_readme_config_names_the_sprout_callback():
-    config = readme_litellm_config()
+def test_the_documented_config_names_the_sprout_callback():
+    config = documented_litellm_config()
     callbacks = config["litellm_settings"]["callbacks"]
     from litellm.proxy.types_utils.utils import get_instance_fn
 
@@ -290,8 +290,8 @@ def _count(db: Path) -> int:
         return 0
 
 
-def test_the_litellm_proxy_with_the_readme_config(tmp_path, upstream):
-    config = readme_litellm_config()
+def test_the_litellm_proxy_with_the_documented_config(tmp_path, upstream):
+    config = documented_litellm_config()
     config["model_list"][0]["litellm_params"]["api_base"] = upstream.url
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     policy = tmp_path / "frugal.toml"  # every recorded level shaped, whichever the LP picks

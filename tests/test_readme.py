@@ -1,4 +1,6 @@
-"""The README's Python examples run as written."""
+"""The README, the landing page: its Python examples run as written, its Quickstart is what CI
+runs, its demo excerpt is what the demo prints, and what it repeats from the documentation
+site (docs/) is the same there."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
@@ -52,3 +55,37 @@ def test_the_demo_excerpt_is_what_the_demo_prints(tmp_path):
     shown = [line for line in excerpt if line.strip() and line != "..."]
     assert len(shown) > 15
     assert [line for line in shown if line not in printed] == []
+
+
+def test_the_readme_is_a_landing_page():
+    # The manual lives in docs/; the README keeps the overview, one example of each kind,
+    # the headline results and the links into the documentation.
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 250
+    assert len(BLOCKS) == 1
+    for page in ["index", "getting-started", "configuration", "cli", "proxy", "results"]:
+        assert f"(docs/{page}.md" in text
+
+
+def _blocks(text: str) -> list[str]:
+    """Tables and fenced blocks: the measured figures and printed output a page shows."""
+    fenced = re.findall(r"```[a-z]*\n.*?```", text, re.S)
+    tables = re.findall(r"(?:^\|.*\|\n)+", re.sub(r"```.*?```", "", text, flags=re.S), re.M)
+    return fenced + tables
+
+
+@pytest.mark.parametrize(
+    ("section", "page"),
+    [
+        ("## Quickstart", "getting-started.md"),
+        ("## What the demo shows", "getting-started.md"),
+        ("## Results", "results.md"),
+    ],
+)
+def test_what_the_readme_repeats_is_the_same_in_the_docs(section, page):
+    text = README.read_text(encoding="utf-8").split(f"\n{section}\n", 1)[1]
+    text = re.split(r"\n## ", text, maxsplit=1)[0]
+    shown = _blocks(text)
+    assert shown
+    docs = (DOCS / page).read_text(encoding="utf-8")
+    assert [block for block in shown if block not in docs] == []
