@@ -300,12 +300,12 @@ def test_api_key_is_required_compared_in_constant_time_and_never_logged(
 ):
     import hmac
 
-    import sprout.server
+    import sprout.server.auth
 
     compared = []
     real = hmac.compare_digest
     monkeypatch.setattr(
-        sprout.server.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b)
+        sprout.server.auth.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b)
     )
     settings = _settings(tmp_path, upstream.url, server_api_key=KEY)
     assert KEY not in repr(settings)

@@ -15,7 +15,7 @@ from sprout.config import load_settings
 from sprout.engines.base import Engine, Generation
 from sprout.errors import ConfigError
 from sprout.factory import build_controller
-from sprout.server_keys import KeyRing, key_digest, load_keys, new_key, parse_keys
+from sprout.server.keys import KeyRing, key_digest, load_keys, new_key, parse_keys
 
 pytest.importorskip("fastapi")
 from starlette.testclient import TestClient

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sprout.config import load_settings
-from sprout.server_keys import key_digest
+from sprout.server.keys import key_digest
 
 pytest.importorskip("fastapi")
 from starlette.testclient import TestClient

@@ -19,7 +19,7 @@ from sprout.chat import ChatRequest
 from sprout.config import load_settings
 from sprout.engines.base import Engine, Generation
 from sprout.factory import build_controller
-from sprout.server_keys import key_digest
+from sprout.server.keys import key_digest
 
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")

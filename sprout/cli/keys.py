@@ -1,5 +1,5 @@
 """``sprout keys add``: a client key of the proxy bound to a tenant (see
-:mod:`sprout.server_keys`).
+:mod:`sprout.server.keys`).
 
 Building the ``sprout`` parser imports nothing of the ``server`` extra.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sprout.server_keys import KeyEntry
+    from sprout.server.keys import KeyEntry
 
 
 def register(
@@ -57,7 +57,7 @@ def register(
 def _add_to_file(path: Path, entry: KeyEntry) -> None:
     """Add ``entry`` to the keys file at ``path`` (checked before and after; atomic)."""
     from sprout.errors import ConfigError
-    from sprout.server_keys import load_keys, parse_keys
+    from sprout.server.keys import load_keys, parse_keys
 
     exists = path.exists()
     if exists:
@@ -92,7 +92,7 @@ def _cmd_keys_add(args: argparse.Namespace) -> int:
     import secrets
 
     from sprout.errors import ConfigError
-    from sprout.server_keys import TENANT_MAX_LENGTH, KeyEntry, key_digest, new_key, valid_tenant
+    from sprout.server.keys import TENANT_MAX_LENGTH, KeyEntry, key_digest, new_key, valid_tenant
 
     if not valid_tenant(args.tenant):
         raise ConfigError(f"--tenant: expected 1 to {TENANT_MAX_LENGTH} printable ASCII characters")

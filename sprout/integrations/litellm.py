@@ -50,9 +50,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sprout.config import load_settings
+from sprout.energy.estimate import approx_tokens
 from sprout.engines.base import Engine, Generation
 from sprout.errors import EngineError, RequestError
+from sprout.factory import build_controller
 from sprout.middleware import read_output
+from sprout.server.openai import receipt_headers
 
 if TYPE_CHECKING:
     from sprout.chat import ChatRequest
@@ -153,9 +157,6 @@ class SproutLiteLLM(_Base):  # type: ignore[misc,valid-type]
         if self._controller is None:
             with self._lock:
                 if self._controller is None:
-                    from sprout.config import load_settings
-                    from sprout.factory import build_controller
-
                     self._controller = build_controller(
                         self._settings or load_settings(), engine=LiteLLMEngine()
                     )
@@ -242,7 +243,6 @@ class SproutLiteLLM(_Base):  # type: ignore[misc,valid-type]
             log.warning("receipt %s not written: %s", pending.request_id, e)
             self.controller.abort(pending)
             return None
-        from sprout.energy.estimate import approx_tokens
 
         generation = Generation(
             text=text,
@@ -368,7 +368,6 @@ class SproutLiteLLM(_Base):  # type: ignore[misc,valid-type]
         receipt = self.receipt(request_id) if request_id else None
         if receipt is None:
             return None
-        from sprout.server import receipt_headers
 
         return receipt_headers(receipt)
 

@@ -3,9 +3,9 @@
 FastAPI derives little from routes that read the raw request, so each operation's
 parameters, request body and responses are written here and put into the generated
 document by :func:`finish_openapi`. The request body schema mirrors
-:func:`sprout.server.parse_chat_call` rule for rule (a body the schema allows is accepted,
-one it refuses gets a 4xx), and every status a route can answer is listed with its content
-type; ``tests/test_server_schema.py`` checks both with schemathesis.
+:func:`sprout.server.openai.parse_chat_call` rule for rule (a body the schema allows is
+accepted, one it refuses gets a 4xx), and every status a route can answer is listed with its
+content type; ``tests/test_server_schema.py`` checks both with schemathesis.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sprout.chat import ROLES
-from sprout.server_keys import TENANT_MAX_LENGTH, TENANT_PATTERN
+from sprout.server.keys import TENANT_MAX_LENGTH, TENANT_PATTERN
 
 #: Largest token cap accepted (a 32-bit count, as servers use).
 MAX_TOKENS = 2**31 - 1

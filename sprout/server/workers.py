@@ -22,9 +22,9 @@ and stops the whole server, which reports why. On Linux a worker is told to stop
 With a process manager of your own, point it at the factory; settings then come from
 ``SPROUT_*`` variables and ``SPROUT_CONFIG``::
 
-    uvicorn --factory sprout.server_workers:app_from_env --workers 4 --port 8080
+    uvicorn --factory sprout.server.workers:app_from_env --workers 4 --port 8080
     gunicorn -k uvicorn_worker.UvicornWorker -w 4 -b 127.0.0.1:8080 \\
-        'sprout.server_workers:app_from_env()'
+        'sprout.server.workers:app_from_env()'
 """
 
 from __future__ import annotations
@@ -41,16 +41,22 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import uvicorn
+
 from sprout.config import Settings, load_settings
 from sprout.errors import ConfigError, SproutError
+from sprout.ledger.migrate import ensure_schema, is_sqlite_memory
+from sprout.server.app import create_app
+from sprout.server.upstream import upstream_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+# The proxy's one logger (see sprout.server.errors).
 log = logging.getLogger("sprout.server")
 
 #: The app factory the workers import (uvicorn's import-string form).
-APP_FACTORY = "sprout.server_workers:app_from_env"
+APP_FACTORY = "sprout.server.workers:app_from_env"
 #: Environment variable carrying a worker's settings from ``sprout serve --workers``.
 WORKER_ENV = "SPROUT_SERVE_WORKER"
 #: Exit status of a worker that cannot start: uvicorn's STARTUP_FAILURE and gunicorn's
@@ -75,8 +81,6 @@ def worker_payload(settings: Settings, *, log_level: str, status_file: str, pare
 def _environment_settings() -> Settings:
     """Settings from ``SPROUT_*`` variables and ``SPROUT_CONFIG``, as ``sprout serve`` would
     resolve them with no options (the upstream's first model when none is named)."""
-    from sprout.server import upstream_settings
-
     settings = load_settings()
     if settings.engine == "openai" and settings.engine_base_url and not settings.engine_model:
         settings = upstream_settings(settings, settings.engine_base_url)
@@ -108,8 +112,6 @@ def app_from_env() -> FastAPI:
     ``SPROUT_CONFIG``. A worker that cannot start logs why and exits with status
     :data:`STARTUP_FAILURE`, which stops uvicorn's and gunicorn's supervisors.
     """
-    from sprout.server import create_app
-
     raw = os.environ.get(WORKER_ENV)
     payload: dict[str, Any] | None = None
     try:
@@ -164,14 +166,6 @@ def serve_workers(settings: Settings, *, log_level: str = "warning") -> None:
         LedgerError: the ledger cannot be reached or migrated.
         SproutError: a worker could not start (the message says why).
     """
-    from sprout.ledger.migrate import ensure_schema, is_sqlite_memory
-
-    try:
-        import uvicorn
-    except ImportError as e:  # pragma: no cover - depends on the installed extras
-        raise ConfigError(
-            f"the proxy needs the server extra: pip install 'sprout[server]' ({e})"
-        ) from None
     if is_sqlite_memory(settings.db_url):
         raise ConfigError(
             "setting server_workers: several workers need a shared ledger (a SQLite file or "
