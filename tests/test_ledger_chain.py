@@ -29,8 +29,10 @@ from sprout.ledger.chain import (
     row_hash,
 )
 from sprout.ledger.migrate import downgrade, upgrade
+from sprout.ledger.rows import make_preparer as _make_preparer
+from sprout.ledger.rows import prepared_record as _prepared_record
 from sprout.ledger.schema import ledger_chains_table, receipts_table
-from sprout.ledger.store import Ledger, _make_preparer, _prepared_record
+from sprout.ledger.store import Ledger
 from sprout.ledger.verify import verify
 from sprout.receipt import Receipt
 

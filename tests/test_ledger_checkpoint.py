@@ -22,15 +22,11 @@ from test_ledger import make_receipt
 from sprout.cli import main
 from sprout.config import load_settings
 from sprout.errors import ConfigError, LedgerError
-from sprout.ledger.attest import (
-    check_checkpoints,
-    checkpoint_job,
-    read_checkpoint,
-    schedule_checkpoints,
-    take_checkpoint,
-)
+from sprout.ledger.attest import check_checkpoints, take_checkpoint
 from sprout.ledger.chain import GENESIS_HASH, encoding
 from sprout.ledger.checkpoint import canonical_bytes, parse_checkpoint
+from sprout.ledger.checkpoint_files import read_checkpoint
+from sprout.ledger.checkpoint_job import checkpoint_job, schedule_checkpoints
 from sprout.ledger.keys import generate_key_files, load_private_key, load_public_key
 from sprout.ledger.locks import job_lock
 from sprout.ledger.rollup import aggregate_sql

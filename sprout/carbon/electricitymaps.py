@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -26,11 +26,15 @@ from sprout.carbon.base import CarbonProvider, CarbonReading, EmissionFactor, ut
 from sprout.carbon.http import (
     HTTPStatusError,
     JsonClient,
+    http_options,
     parse_intensity,
     parse_time,
     require,
 )
 from sprout.errors import ConfigError, ProviderError, UnknownZoneError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 DEFAULT_BASE_URL = "https://api.electricitymaps.com/v3"
 #: Where to set the key, for error messages (never the key itself).
@@ -187,3 +191,16 @@ def _message(body: Any) -> str:
             if isinstance(body.get(key), str):
                 return body[key]
     return ""
+
+
+def from_settings(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, zone: str | None = None
+) -> ElectricityMapsProvider:
+    """The Electricity Maps provider with the key, base URL and emission factor of ``settings``."""
+    return ElectricityMapsProvider(
+        settings.electricitymaps_api_key,
+        base_url=settings.electricitymaps_base_url,
+        emission_factor=settings.electricitymaps_emission_factor,  # type: ignore[arg-type]
+        clock=clock,
+        **http_options(settings),
+    )

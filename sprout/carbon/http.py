@@ -16,12 +16,15 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
 
 from sprout.errors import ConfigError, ProviderError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 log = logging.getLogger("sprout.carbon")
 
@@ -375,3 +378,12 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
         type(value), type(value).__name__
     )
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """A live provider's HTTP keyword arguments from ``settings``: timeout, retries, waits."""
+    return {
+        "timeout_s": settings.carbon_timeout_s,
+        "retries": settings.carbon_retries,
+        "max_wait_s": settings.carbon_max_retry_wait_s,
+    }

@@ -19,14 +19,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sprout.carbon.base import CarbonProvider, CarbonReading
+from sprout.carbon.base import CarbonProvider
+from sprout.carbon.ports import PolledSignal, ReadingStore
 from sprout.errors import SproutError
+from sprout.readings import CarbonReading, SignalReading
+from sprout.scheduler import (
+    add_interval_job,
+    create_scheduler,
+    remove_job,
+    run_blocking,
+    start_scheduler,
+    stop_scheduler,
+)
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
-
-    from sprout.carbon.signal import CarbonSignal, SignalReading
-    from sprout.ledger.store import Ledger
 
 log = logging.getLogger("sprout.carbon.poller")
 
@@ -57,8 +64,9 @@ class CarbonPoller:
     """Refreshes a signal and records its readings.
 
     Args:
-        signal: the signal to keep fresh.
-        ledger: where readings and forecasts are stored (None: not stored).
+        signal: the signal to keep fresh (a :class:`~sprout.carbon.signal.CarbonSignal`).
+        ledger: where readings and forecasts are stored (None: not stored), under its
+            cluster-wide ``poll`` lock (a :class:`~sprout.ledger.store.Ledger`).
         forecast_interval_s: how often the forecast is fetched and stored (0: never).
         forecast_hours: the forecast horizon asked for.
         monotonic: clock for the forecast interval.
@@ -66,9 +74,9 @@ class CarbonPoller:
 
     def __init__(
         self,
-        signal: CarbonSignal,
+        signal: PolledSignal,
         *,
-        ledger: Ledger | None = None,
+        ledger: ReadingStore | None = None,
         forecast_interval_s: float = 3600.0,
         forecast_hours: int = 24,
         monotonic: Callable[[], float] = time.monotonic,
@@ -129,11 +137,9 @@ class CarbonPoller:
         if self.ledger is None:
             yield True
             return
-        from sprout.ledger.locks import job_lock
-
         with contextlib.ExitStack() as stack:
             try:
-                acquired = stack.enter_context(job_lock(self.ledger.engine, "poll"))
+                acquired = stack.enter_context(self.ledger.job_lock("poll"))
             except SproutError as e:  # the database is down: storing would fail anyway
                 log.error("poll lock unavailable, readings not recorded this round: %s", e)
                 problems.append(f"ledger: {e}")
@@ -189,7 +195,6 @@ class CarbonPoller:
             scheduler: an APScheduler scheduler to add the job to (started here if it is not
                 running); default: a private background scheduler that :meth:`stop` shuts.
         """
-        from sprout.scheduler import add_interval_job, create_scheduler, start_scheduler
 
         if self._scheduler is not None:
             raise RuntimeError("the poller is already started")
@@ -201,7 +206,6 @@ class CarbonPoller:
 
     def stop(self, wait: bool = True) -> None:
         """Remove the job (and shut a private scheduler down). Idempotent."""
-        from sprout.scheduler import remove_job, stop_scheduler
 
         sched, self._scheduler = self._scheduler, None
         if sched is None:
@@ -228,7 +232,6 @@ class CarbonPoller:
             max_polls: stop after this many refreshes (None: run until stopped).
             on_result: called with each refresh's result (default: logged at INFO).
         """
-        from sprout.scheduler import add_interval_job, create_scheduler, run_blocking
 
         sched = create_scheduler(blocking=True)
         remaining = [max_polls]

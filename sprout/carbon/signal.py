@@ -25,44 +25,26 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from sprout.carbon.base import CarbonProvider, CarbonReading, utcnow
+from sprout.carbon.base import CarbonProvider, utcnow
+from sprout.carbon.poller import CarbonPoller
 from sprout.errors import ConfigError
+
+# SignalReading, Fallback and FALLBACK_ORDER live in sprout.readings (pure, so that the
+# poller, the ledger and the receipt name them without this module); re-exported here.
+from sprout.readings import FALLBACK_ORDER, CarbonReading, Fallback, SignalReading
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
     from sprout.carbon.poller import CarbonPoller
-    from sprout.ledger.store import Ledger
+    from sprout.carbon.ports import ReadingStore
 
 log = logging.getLogger("sprout.carbon")
 
-Fallback = Literal["provider", "secondary", "cache", "default"]
-#: The layers, in the order they are tried.
-FALLBACK_ORDER: tuple[Fallback, ...] = ("provider", "secondary", "cache", "default")
-
 #: Longest wait before a failed provider is asked again (shorter if ``refresh_s`` is).
 RETRY_AFTER_FAILURE_S = 30.0
-
-
-@dataclass(frozen=True)
-class SignalReading:
-    """What :meth:`CarbonSignal.read` returns.
-
-    Attributes:
-        reading: the carbon reading to use (its ``provider`` names who produced it).
-        age_s: seconds between ``reading.time`` and now (wall clock), >= 0.
-        fallback: the layer that served it: ``provider``, ``secondary`` (the provider
-            failed; the fallback provider's value), ``cache`` (both failed; the last good
-            reading) or ``default`` (no usable reading; the configured default, estimated).
-        error: why the provider failed when another layer serves, else None.
-    """
-
-    reading: CarbonReading
-    age_s: float
-    fallback: Fallback
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +202,7 @@ class CarbonSignal:
     def start_polling(
         self,
         *,
-        ledger: Ledger | None = None,
+        ledger: ReadingStore | None = None,
         forecast_interval_s: float = 3600.0,
         forecast_hours: int = 24,
         tick_s: float | None = None,
@@ -252,7 +234,6 @@ class CarbonSignal:
         Raises:
             RuntimeError: if a poller is already running.
         """
-        from sprout.carbon.poller import CarbonPoller
 
         if self._poller is not None:
             raise RuntimeError("the carbon signal is already being polled")
@@ -389,3 +370,12 @@ class CarbonSignal:
             is_estimated=True,
         )
         return SignalReading(default, 0.0, "default", error)
+
+
+__all__ = [
+    "FALLBACK_ORDER",
+    "RETRY_AFTER_FAILURE_S",
+    "CarbonSignal",
+    "Fallback",
+    "SignalReading",
+]

@@ -6,9 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sprout.carbon.base import CarbonProvider, CarbonReading, EmissionFactor, SignalType, utcnow
 from sprout.errors import ConfigError, UnknownZoneError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 
 class StaticProvider(CarbonProvider):
@@ -86,3 +90,10 @@ class StaticProvider(CarbonProvider):
             emission_factor=self.emission_factor,
             is_estimated=True,
         )
+
+
+def from_settings(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, zone: str | None = None
+) -> StaticProvider:
+    """One fixed intensity, ``settings.static_ci_g_per_kwh``, for every zone."""
+    return StaticProvider(settings.static_ci_g_per_kwh, clock=clock)

@@ -13,12 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sprout.carbon.base import CarbonProvider, CarbonReading, utcnow
 from sprout.data import carbon_trace_path, open_text
 from sprout.errors import TraceError, UnknownZoneError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 REQUIRED_COLUMNS = ("datetime_utc", "zone", "ci_direct", "ci_lca")
 COLUMNS = ("ci_direct", "ci_lca")
@@ -228,3 +232,13 @@ class TraceProvider(CarbonProvider):
             CarbonReading(**{**r.__dict__, "is_forecast": True})
             for r in self.history(zone, now + _HOUR, now + (hours + 1) * _HOUR)
         ]
+
+
+def from_settings(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, zone: str | None = None
+) -> TraceProvider:
+    """The trace provider: ``settings.carbon_trace``, else the bundled trace of ``zone``
+    (default: ``settings.zone``), in ``settings.carbon_column``."""
+    return TraceProvider.from_source(
+        settings.carbon_trace or zone or settings.zone, settings.carbon_column, clock
+    )

@@ -24,14 +24,24 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
 
 from sprout.carbon.base import CarbonProvider, CarbonReading, utcnow
-from sprout.carbon.http import HTTPStatusError, JsonClient, parse_intensity, parse_time, require
+from sprout.carbon.http import (
+    HTTPStatusError,
+    JsonClient,
+    http_options,
+    parse_intensity,
+    parse_time,
+    require,
+)
 from sprout.errors import ProviderError, UnknownZoneError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 DEFAULT_BASE_URL = "https://api.carbonintensity.org.uk"
 REGION_IDS = range(1, 19)
@@ -231,3 +241,12 @@ def _message(body: Any) -> str:
         err = body["error"]
         return ": ".join(str(err[k]) for k in ("code", "message") if err.get(k) is not None)
     return ""
+
+
+def from_settings(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, zone: str | None = None
+) -> UKCarbonIntensityProvider:
+    """The GB Carbon Intensity provider at ``settings.uk_base_url``."""
+    return UKCarbonIntensityProvider(
+        base_url=settings.uk_base_url, clock=clock, **http_options(settings)
+    )

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -33,11 +33,15 @@ from sprout.carbon.base import CarbonProvider, CarbonReading, utcnow
 from sprout.carbon.http import (
     HTTPStatusError,
     JsonClient,
+    http_options,
     parse_intensity,
     parse_time,
     require,
 )
 from sprout.errors import ConfigError, ProviderError, UnknownZoneError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
 #: Where to set the credentials, for error messages (never the values).
@@ -294,3 +298,16 @@ def _message(body: Any) -> str:
         parts = [body[k] for k in ("error", "message", "msg") if isinstance(body.get(k), str)]
         return ": ".join(parts)
     return ""
+
+
+def from_settings(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, zone: str | None = None
+) -> WattTimeProvider:
+    """The WattTime provider with the account and base URL of ``settings``."""
+    return WattTimeProvider(
+        settings.watttime_username,
+        settings.watttime_password,
+        base_url=settings.watttime_base_url,
+        clock=clock,
+        **http_options(settings),
+    )

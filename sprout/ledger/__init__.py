@@ -3,7 +3,13 @@
 - :mod:`~sprout.ledger.schema`: the tables (SQLAlchemy models; changed only by migrations);
 - :mod:`~sprout.ledger.migrate`: engines and Alembic migrations;
 - :mod:`~sprout.ledger.store`: :class:`~sprout.ledger.store.Ledger`, the buffered,
-  hash-chaining writer with its spool and durable journal;
+  hash-chaining writer with its spool and durable journal, a facade over
+  :mod:`~sprout.ledger.writer` (the batching writer thread), :mod:`~sprout.ledger.insert`
+  (the chained INSERT), :mod:`~sprout.ledger.spool`, :mod:`~sprout.ledger.journal`,
+  :mod:`~sprout.ledger.rows` (row encoding), :mod:`~sprout.ledger.database` (engine and
+  transactions) and the table modules :mod:`~sprout.ledger.readings`,
+  :mod:`~sprout.ledger.versions`, :mod:`~sprout.ledger.receipts`,
+  :mod:`~sprout.ledger.verdicts`, :mod:`~sprout.ledger.prompts`;
 - :mod:`~sprout.ledger.chain`: the hash-chain encoding (pure);
 - :mod:`~sprout.ledger.rollup`: hourly rollups maintained on write;
 - :mod:`~sprout.ledger.verify`, :mod:`~sprout.ledger.audit`, :mod:`~sprout.ledger.plot`:

@@ -1,7 +1,7 @@
 """Receipts waiting outside the database: find them (``verify``) and bring them in (``recover``).
 
 A receipt that is not in the database yet can wait in three places beside the spool path
-(setting ``ledger_spool``; default :func:`~sprout.ledger.store.default_spool_path`):
+(setting ``ledger_spool``; default :func:`~sprout.ledger.spool.default_spool_path`):
 
 - the **spool** (``<spool>``), where batches go while the database is unusable; the running
   ledger replays it, and so does the next one to start beside it;
@@ -33,6 +33,7 @@ from sqlalchemy import Engine, func, select
 
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors
 from sprout.ledger.schema import receipts_table
+from sprout.ledger.spool import default_spool_path, rejected_path_for
 
 try:
     import fcntl
@@ -47,18 +48,11 @@ _Key = tuple[datetime, str]
 
 def spool_path_for(settings: Any) -> Path:
     """The spool a ledger of ``settings`` uses (as :func:`sprout.factory` builds it)."""
-    from sprout.ledger.store import default_spool_path
-
     return (
         Path(settings.ledger_spool)
         if settings.ledger_spool
         else default_spool_path(settings.db_url)
     )
-
-
-def rejected_path_for(spool: Path) -> Path:
-    """Where a ledger on ``spool`` sets refused receipts aside."""
-    return spool.with_name(spool.name.removesuffix(".jsonl") + ".rejected.jsonl")
 
 
 @dataclass

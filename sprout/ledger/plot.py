@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sprout.errors import ConfigError
-from sprout.ledger.audit import Report
+from sprout.ledger.audit_report import Report
 
 BUCKETS: tuple[str, ...] = ("hour", "day")
 
 
 def plot_report(report: Report, out_path: str | Path, *, title: str | None = None) -> Path:
-    """Draw an hourly or daily :class:`~sprout.ledger.audit.Report` to an image file.
+    """Draw an hourly or daily :class:`~sprout.ledger.audit_report.Report` to an image file.
 
     Three panels sharing the time axis: the energy-weighted carbon intensity of the served
     requests; operational and embodied gCO2e; savings against always-L0 per bucket and

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from sprout.errors import ConfigError
-from sprout.ledger.audit import FORMATS
+from sprout.ledger.audit_format import FORMATS
 from sprout.ledger.sci_report import FORMULA, FUNCTIONAL_UNIT, STANDARD, SciReport, SciRow
 from sprout.sci import NO_OVERHEAD_PUE
 
@@ -195,7 +195,7 @@ def format_sci_json(rep: SciReport) -> str:
 
 
 def format_sci(rep: SciReport, fmt: str) -> str:
-    """``rep`` in one of :data:`sprout.ledger.audit.FORMATS`.
+    """``rep`` in one of :data:`sprout.ledger.audit_format.FORMATS`.
 
     Raises:
         ConfigError: an unknown format.

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, func, select
 
 from sprout.accounting import SPROUT_EMBODIED_G, SPROUT_LIFETIME_YEARS
 from sprout.errors import ConfigError
-from sprout.ledger.audit import FILTERS, Report, ReportRow
+from sprout.ledger.audit_report import FILTERS, Report, ReportRow
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors
 from sprout.ledger.schema import receipts_table
 from sprout.sci import (

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, column, select, text
 from sprout.ledger.chain import ENCODINGS, GENESIS_HASH, ChainEncoding
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
 from sprout.ledger.rollup import SUM_NAMES, aggregate_sql
+from sprout.ledger.rows import params_sha256
 from sprout.ledger.schema import (
     ROLLUP_KEYS,
     UTCDateTime,
@@ -409,8 +410,6 @@ def _check_chains(
 
 
 def _check_policies(conn: Any, problems: _Collector) -> None:
-    from sprout.ledger.store import params_sha256
-
     t = policy_versions_table
     for row in conn.execute(select(t.c.id, t.c.kind, t.c.params, t.c.sha256)):
         try:
