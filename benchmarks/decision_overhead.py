@@ -115,7 +115,7 @@ def main() -> None:
     from sprout.factory import build_controller
     from sprout.ledger.store import Ledger
     from sprout.policy.contextual import ContextualPolicy
-    from sprout.policy.retrain import retrain
+    from sprout.training.retrain import retrain
 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import emit
 
-from sprout.ledger.audit import GROUP_BYS, ledger_report
+from sprout.ledger.audit import ledger_report
+from sprout.ledger.audit_report import GROUP_BYS
 from sprout.ledger.migrate import ensure_schema
 from sprout.ledger.store import RECEIPT_FIELDS, Ledger
 from sprout.receipt import Receipt

@@ -52,9 +52,9 @@ VARIANTS = (
 
 def loop_config(variant: str) -> Any:
     """The loop configuration of ``variant``."""
-    from sprout.judge.job import JudgeJobConfig
-    from sprout.policy.retrain import RetrainOptions
+    from sprout.judge.job_config import JudgeJobConfig
     from sprout.sim.loop import LoopConfig
+    from sprout.training.sources import RetrainOptions
 
     if variant == "no-loop":
         return LoopConfig(judge_share=0.0)

@@ -4,6 +4,11 @@
 The TOML file is named by the ``config`` argument or ``SPROUT_CONFIG``; its keys are the
 field names of :class:`Settings` (top level or under a ``[sprout]`` table). Each environment
 variable is ``SPROUT_`` plus the upper-cased field name, e.g. ``SPROUT_DB_URL``.
+
+Every setting belongs to one group of :data:`SETTINGS_GROUPS`, and the file may also give a
+group as a table of its own, ``[sprout.carbon]``, whose keys are the flat names
+(``carbon_provider``) or, where unambiguous, short ones (``provider``): a key ``k`` of the
+``<group>`` table means ``<group>_k`` if that is a setting of the group, else ``k`` itself.
 """
 
 from __future__ import annotations
@@ -14,20 +19,24 @@ import os
 import re
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, NoReturn, get_args, get_type_hints
 
 from sprout.accounting import SPROUT_EMBODIED_G, SPROUT_LIFETIME_YEARS
 from sprout.errors import ConfigError
+from sprout.plugins import (
+    CARBON_PROVIDERS,
+    ENGINES,
+    JUDGES,
+    METERS,
+    POLICY_KINDS,
+    choices_phrase,
+)
 from sprout.policy.base import DEFAULT_MAX_LOSS
 
 DEFAULT_DB_FILE = "sprout-ledger.db"
-#: Carbon providers by name: local ones, then the live APIs (polled in the background).
-LOCAL_CARBON_PROVIDERS = ("trace", "static")
-LIVE_CARBON_PROVIDERS = ("electricitymaps", "watttime", "uk")
-CARBON_PROVIDERS = LOCAL_CARBON_PROVIDERS + LIVE_CARBON_PROVIDERS
 #: An HTTP header name (RFC 9110 token characters).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -37,12 +46,106 @@ def default_db_url() -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
 
 
+#: The groups of :class:`Settings`, in declaration order. Each field declares its group in its
+#: metadata (``field.metadata["group"]``); a TOML file may give each group as a table
+#: (``[sprout.carbon]``). Setting names stay flat everywhere: ``settings.carbon_provider``,
+#: ``SPROUT_CARBON_PROVIDER``, ``load_settings(carbon_provider=...)``.
+SETTINGS_GROUPS: tuple[str, ...] = (
+    "ledger",
+    "carbon",
+    "policy",
+    "accounting",
+    "engine",
+    "meter",
+    "server",
+    "judge",
+    "telemetry",
+)
+
+
+def _setting(group: str, default: Any, *, secret: bool = False) -> Any:
+    """A :class:`Settings` field of ``group``; a secret one is kept out of ``repr``."""
+    if group not in SETTINGS_GROUPS:
+        raise ConfigError(f"unknown settings group {group!r}")
+    return field(default=default, repr=not secret, metadata={"group": group})
+
+
+class SettingsGroup(Mapping[str, Any]):
+    """One group's settings by their flat names, in declaration order: a read-only mapping
+    (see :meth:`Settings.group`) whose ``repr`` keeps secrets out, as ``repr(settings)`` does.
+
+    Attributes:
+        name: the group, one of :data:`SETTINGS_GROUPS`.
+    """
+
+    __slots__ = ("_secrets", "_values", "name")
+    name: str
+    _values: types.MappingProxyType[str, Any]
+    _secrets: frozenset[str]
+
+    def __init__(
+        self, name: str, values: Mapping[str, Any], secrets: frozenset[str] = frozenset()
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_values", types.MappingProxyType(dict(values)))
+        object.__setattr__(self, "_secrets", frozenset(secrets))
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, dict(self._values), self._secrets))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        items = ", ".join(
+            f"{key!r}: {'<secret>' if key in self._secrets else repr(value)}"
+            for key, value in self._values.items()
+        )
+        return f"{type(self).__name__}({self.name!r}, {{{items}}})"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Sprout's settings. Units are in the names.
 
-    Attributes:
+    Each setting belongs to one group of :data:`SETTINGS_GROUPS` (its field's
+    ``metadata["group"]``; :meth:`group` gives a group's settings, :func:`settings_by_group`
+    their names). The names themselves are flat: ``settings.carbon_provider``.
+
+    Ledger attributes (group ``ledger``):
         db_url: SQLAlchemy URL of the ledger.
+        ledger_flush_interval_s: how often buffered receipts are committed.
+        ledger_spool: file receipts go to while the database is unreachable ("" for
+            ``<db>.spool.jsonl`` beside a SQLite file, else ``sprout-ledger.spool.jsonl``).
+        ledger_durability: ``durable`` (default: each receipt is on disk, in a local journal
+            synced by group commit, before ``append`` returns, so a SIGKILL loses nothing
+            that was answered) or ``buffered`` (a SIGKILL loses at most the receipts of the
+            last flush interval).
+        ledger_checkpoint_key: the Ed25519 key that signs ledger checkpoints: the path of a
+            PEM file (``sprout ledger keygen``), or the PEM text itself (secret: kept out of
+            ``repr``, never logged, never stored in the database).
+        ledger_checkpoint_public_key: the public key file ``sprout ledger verify
+            --checkpoint`` checks signatures with ("" for the signing key's own).
+        ledger_checkpoint_dir: where ``sprout ledger checkpoint`` writes signed checkpoints
+            ("" for none: give ``--output``); keep a copy outside the database owner's reach.
+        ledger_checkpoint_cron: when ``sprout ledger checkpoint --schedule`` signs one
+            (crontab, UTC).
+        prompt_retention_days: days a sampled prompt is kept before ``sprout ledger prune``
+            deletes it (0: kept forever); receipts and their hash chains are never pruned.
+
+    Carbon intensity attributes (group ``carbon``):
         zone: grid zone whose carbon intensity drives decisions.
         carbon_provider: ``trace``, ``static``, ``electricitymaps``, ``watttime`` or ``uk``.
         carbon_fallback_provider: a second provider asked when the first fails ("" for none).
@@ -67,6 +170,8 @@ class Settings:
         signal_refresh_s: how long a reading is served before the provider is asked again
             (the poll interval of live providers).
         signal_max_age_s: oldest cached reading served when the provider fails.
+
+    Policy attributes (group ``policy``):
         policy_file: directive policy file ("" for the bundled default).
         xi: largest relative quality concession of the optimizer, in [0, 1].
         ci_window_hours: history the optimizer takes its CI min/max from.
@@ -83,6 +188,8 @@ class Settings:
             :func:`sprout.policy.assign.bounded_cost`.
         retrain_cron: when ``sprout retrain --schedule`` retrains the contextual policy
             (crontab, UTC: minute hour day month day_of_week).
+
+    Carbon accounting attributes (group ``accounting``):
         embodied_g: embodied carbon of the server, gCO2e.
         lifetime_years: the server lifetime that carbon is amortised over.
         pue: the data centre's power usage effectiveness (total energy over IT energy,
@@ -92,24 +199,8 @@ class Settings:
             none; market-based figures are not reported).
         market_ci_source: what that factor is (free text, e.g. "PPA 2026 residual mix"),
             stated beside every market-based figure; required with the factor.
-        ledger_flush_interval_s: how often buffered receipts are committed.
-        ledger_spool: file receipts go to while the database is unreachable ("" for
-            ``<db>.spool.jsonl`` beside a SQLite file, else ``sprout-ledger.spool.jsonl``).
-        ledger_durability: ``durable`` (default: each receipt is on disk, in a local journal
-            synced by group commit, before ``append`` returns, so a SIGKILL loses nothing
-            that was answered) or ``buffered`` (a SIGKILL loses at most the receipts of the
-            last flush interval).
-        ledger_checkpoint_key: the Ed25519 key that signs ledger checkpoints: the path of a
-            PEM file (``sprout ledger keygen``), or the PEM text itself (secret: kept out of
-            ``repr``, never logged, never stored in the database).
-        ledger_checkpoint_public_key: the public key file ``sprout ledger verify
-            --checkpoint`` checks signatures with ("" for the signing key's own).
-        ledger_checkpoint_dir: where ``sprout ledger checkpoint`` writes signed checkpoints
-            ("" for none: give ``--output``); keep a copy outside the database owner's reach.
-        ledger_checkpoint_cron: when ``sprout ledger checkpoint --schedule`` signs one
-            (crontab, UTC).
-        prompt_retention_days: days a sampled prompt is kept before ``sprout ledger prune``
-            deletes it (0: kept forever); receipts and their hash chains are never pruned.
+
+    Engine attributes (group ``engine``):
         engine: ``replay`` (bundled recordings), ``openai`` (an OpenAI-compatible server) or
             ``hf`` (a local transformers model).
         engine_base_url: the OpenAI-compatible API root, e.g. ``http://127.0.0.1:8000/v1``.
@@ -126,6 +217,8 @@ class Settings:
         engine_device: ``cpu``, ``cuda`` or ``cuda:N`` for ``hf``.
         babble_guard: end generations once the answer is complete (a closed code block
             followed by chatter, a repetition loop).
+
+    Energy meter attributes (group ``meter``):
         meter: ``auto`` (NVML if a GPU is visible, else RAPL if readable, else estimate;
             engines on other machines are estimated), ``nvml``, ``rapl`` or ``estimate``.
         meter_gpus: GPU indices for NVML, comma-separated ("" for ``CUDA_VISIBLE_DEVICES``,
@@ -133,6 +226,8 @@ class Settings:
         rapl_root: the powercap directory RAPL is read from.
         meter_calibrate: fit the estimate meter per engine and variant on the ledger's
             measured receipts when there are enough.
+
+    Proxy attributes (group ``server``):
         server_host, server_port: where ``sprout serve`` listens.
         server_api_key: one bearer key clients of ``sprout serve`` may send, bound to no
             tenant (the tenant header is taken as sent); "" for none. Secret: kept out of
@@ -149,6 +244,8 @@ class Settings:
             with its own controller, hash chain and metrics, all writing the one ledger.
         server_dashboard: also serve the read-only ledger dashboard at ``/dashboard``
             (:mod:`sprout.dashboard`; like ``/metrics``, not behind the client keys).
+
+    Quality loop attributes (group ``judge``):
         judge_sample_share: share of served requests the quality loop samples and judges
             (0: off; prompts are stored only for sampled requests).
         judge_opt_out_tenants: tenants never sampled, comma-separated.
@@ -169,6 +266,8 @@ class Settings:
         judge_quality_floor: normalized preference below which the optimizer is moved back
             toward the baseline (0: ``1 - xi``, the optimizer's own promise).
         judge_min_verdicts: effective verdicts needed before the floor is enforced.
+
+    Telemetry attributes (group ``telemetry``):
         otel_enabled: record every receipt as an OpenTelemetry span and metrics on the
             global tracer and meter providers (needs the ``otel`` extra; see
             :mod:`sprout.otel`).
@@ -176,93 +275,102 @@ class Settings:
             series per tenant; spans always carry it).
     """
 
-    db_url: str = ""
-    zone: str = "GB"
-    carbon_provider: str = "trace"
-    carbon_trace: str = ""
-    carbon_column: str = "ci_direct"
-    static_ci_g_per_kwh: float = 400.0
-    default_ci_g_per_kwh: float = 400.0
-    signal_refresh_s: float = 300.0
-    signal_max_age_s: float = 3 * 3600.0
-    carbon_fallback_provider: str = ""
-    carbon_fallback_zone: str = ""
-    carbon_timeout_s: float = 5.0
-    carbon_retries: int = 2
-    carbon_max_retry_wait_s: float = 10.0
-    carbon_poll: bool = True
-    carbon_forecast_interval_s: float = 3600.0
-    electricitymaps_base_url: str = "https://api.electricitymaps.com/v3"
-    electricitymaps_api_key: str = field(default="", repr=False)
-    electricitymaps_emission_factor: str = "direct"
-    watttime_base_url: str = "https://api.watttime.org"
-    watttime_username: str = field(default="", repr=False)
-    watttime_password: str = field(default="", repr=False)
-    uk_base_url: str = "https://api.carbonintensity.org.uk"
-    policy_file: str = ""
-    xi: float = 0.1
-    ci_window_hours: int = 720
-    policy_kind: str = "auto"
-    policy_refresh_s: float = 300.0
-    policy_margin_z: float = 0.0
-    policy_max_loss: float | None = DEFAULT_MAX_LOSS
-    retrain_cron: str = "0 3 * * *"
-    embodied_g: float = SPROUT_EMBODIED_G
-    lifetime_years: float = SPROUT_LIFETIME_YEARS
-    pue: float = 1.0
-    market_ci_g_per_kwh: float | None = None
-    market_ci_source: str = ""
-    ledger_flush_interval_s: float = 0.5
-    ledger_spool: str = ""
-    ledger_durability: str = "durable"
-    ledger_checkpoint_key: str = field(default="", repr=False)
-    ledger_checkpoint_public_key: str = ""
-    ledger_checkpoint_dir: str = ""
-    ledger_checkpoint_cron: str = "0 * * * *"
-    prompt_retention_days: float = 30.0
-    engine: str = "replay"
-    engine_base_url: str = ""
-    engine_model: str = ""
-    engine_variants: str = ""
-    engine_api_key: str = field(default="", repr=False)
-    engine_stream: bool = False
-    engine_timeout_s: float = 120.0
-    engine_retries: int = 2
-    engine_max_new_tokens: int = 512
-    engine_device: str = "cpu"
-    babble_guard: bool = False
-    meter: str = "auto"
-    meter_gpus: str = ""
-    rapl_root: str = "/sys/class/powercap"
-    meter_calibrate: bool = True
-    server_host: str = "127.0.0.1"
-    server_port: int = 8080
-    server_api_key: str = field(default="", repr=False)
-    server_keys_file: str = ""
-    server_max_body_bytes: int = 4 * 1024 * 1024
-    server_tenant_header: str = "x-sprout-tenant"
-    server_opt_out_header: str = "x-sprout-opt-out"
-    server_threads: int = 256
-    server_workers: int = 1
-    server_dashboard: bool = False
-    judge_sample_share: float = 0.0
-    judge_opt_out_tenants: str = ""
-    judge_engine: str = "replay"
-    judge_base_url: str = ""
-    judge_model: str = ""
-    judge_api_key: str = field(default="", repr=False)
-    judge_protocol: str = "listwise"
-    judge_max_new_tokens: int = 32
-    judge_max_staleness_h: float = 24.0
-    judge_cron: str = "5 * * * *"
-    judge_batch_size: int = 200
-    judge_use_forecast: bool = True
-    judge_half_life_h: float = 168.0
-    judge_prior_weight: float = 100.0
-    judge_quality_floor: float = 0.0
-    judge_min_verdicts: float = 50.0
-    otel_enabled: bool = False
-    otel_metrics_tenant: bool = False
+    # --- ledger ---
+    db_url: str = _setting("ledger", "")
+    ledger_flush_interval_s: float = _setting("ledger", 0.5)
+    ledger_spool: str = _setting("ledger", "")
+    ledger_durability: str = _setting("ledger", "durable")
+    ledger_checkpoint_key: str = _setting("ledger", "", secret=True)
+    ledger_checkpoint_public_key: str = _setting("ledger", "")
+    ledger_checkpoint_dir: str = _setting("ledger", "")
+    ledger_checkpoint_cron: str = _setting("ledger", "0 * * * *")
+    prompt_retention_days: float = _setting("ledger", 30.0)
+    # --- carbon ---
+    zone: str = _setting("carbon", "GB")
+    carbon_provider: str = _setting("carbon", "trace")
+    carbon_trace: str = _setting("carbon", "")
+    carbon_column: str = _setting("carbon", "ci_direct")
+    static_ci_g_per_kwh: float = _setting("carbon", 400.0)
+    default_ci_g_per_kwh: float = _setting("carbon", 400.0)
+    signal_refresh_s: float = _setting("carbon", 300.0)
+    signal_max_age_s: float = _setting("carbon", 3 * 3600.0)
+    carbon_fallback_provider: str = _setting("carbon", "")
+    carbon_fallback_zone: str = _setting("carbon", "")
+    carbon_timeout_s: float = _setting("carbon", 5.0)
+    carbon_retries: int = _setting("carbon", 2)
+    carbon_max_retry_wait_s: float = _setting("carbon", 10.0)
+    carbon_poll: bool = _setting("carbon", True)
+    carbon_forecast_interval_s: float = _setting("carbon", 3600.0)
+    electricitymaps_base_url: str = _setting("carbon", "https://api.electricitymaps.com/v3")
+    electricitymaps_api_key: str = _setting("carbon", "", secret=True)
+    electricitymaps_emission_factor: str = _setting("carbon", "direct")
+    watttime_base_url: str = _setting("carbon", "https://api.watttime.org")
+    watttime_username: str = _setting("carbon", "", secret=True)
+    watttime_password: str = _setting("carbon", "", secret=True)
+    uk_base_url: str = _setting("carbon", "https://api.carbonintensity.org.uk")
+    # --- policy ---
+    policy_file: str = _setting("policy", "")
+    xi: float = _setting("policy", 0.1)
+    ci_window_hours: int = _setting("policy", 720)
+    policy_kind: str = _setting("policy", "auto")
+    policy_refresh_s: float = _setting("policy", 300.0)
+    policy_margin_z: float = _setting("policy", 0.0)
+    policy_max_loss: float | None = _setting("policy", DEFAULT_MAX_LOSS)
+    retrain_cron: str = _setting("policy", "0 3 * * *")
+    # --- accounting ---
+    embodied_g: float = _setting("accounting", SPROUT_EMBODIED_G)
+    lifetime_years: float = _setting("accounting", SPROUT_LIFETIME_YEARS)
+    pue: float = _setting("accounting", 1.0)
+    market_ci_g_per_kwh: float | None = _setting("accounting", None)
+    market_ci_source: str = _setting("accounting", "")
+    # --- engine ---
+    engine: str = _setting("engine", "replay")
+    engine_base_url: str = _setting("engine", "")
+    engine_model: str = _setting("engine", "")
+    engine_variants: str = _setting("engine", "")
+    engine_api_key: str = _setting("engine", "", secret=True)
+    engine_stream: bool = _setting("engine", False)
+    engine_timeout_s: float = _setting("engine", 120.0)
+    engine_retries: int = _setting("engine", 2)
+    engine_max_new_tokens: int = _setting("engine", 512)
+    engine_device: str = _setting("engine", "cpu")
+    babble_guard: bool = _setting("engine", False)
+    # --- meter ---
+    meter: str = _setting("meter", "auto")
+    meter_gpus: str = _setting("meter", "")
+    rapl_root: str = _setting("meter", "/sys/class/powercap")
+    meter_calibrate: bool = _setting("meter", True)
+    # --- server ---
+    server_host: str = _setting("server", "127.0.0.1")
+    server_port: int = _setting("server", 8080)
+    server_api_key: str = _setting("server", "", secret=True)
+    server_keys_file: str = _setting("server", "")
+    server_max_body_bytes: int = _setting("server", 4 * 1024 * 1024)
+    server_tenant_header: str = _setting("server", "x-sprout-tenant")
+    server_opt_out_header: str = _setting("server", "x-sprout-opt-out")
+    server_threads: int = _setting("server", 256)
+    server_workers: int = _setting("server", 1)
+    server_dashboard: bool = _setting("server", False)
+    # --- judge ---
+    judge_sample_share: float = _setting("judge", 0.0)
+    judge_opt_out_tenants: str = _setting("judge", "")
+    judge_engine: str = _setting("judge", "replay")
+    judge_base_url: str = _setting("judge", "")
+    judge_model: str = _setting("judge", "")
+    judge_api_key: str = _setting("judge", "", secret=True)
+    judge_protocol: str = _setting("judge", "listwise")
+    judge_max_new_tokens: int = _setting("judge", 32)
+    judge_max_staleness_h: float = _setting("judge", 24.0)
+    judge_cron: str = _setting("judge", "5 * * * *")
+    judge_batch_size: int = _setting("judge", 200)
+    judge_use_forecast: bool = _setting("judge", True)
+    judge_half_life_h: float = _setting("judge", 168.0)
+    judge_prior_weight: float = _setting("judge", 100.0)
+    judge_quality_floor: float = _setting("judge", 0.0)
+    judge_min_verdicts: float = _setting("judge", 50.0)
+    # --- telemetry ---
+    otel_enabled: bool = _setting("telemetry", False)
+    otel_metrics_tenant: bool = _setting("telemetry", False)
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -272,8 +380,8 @@ class Settings:
             ("ci_window_hours", self.ci_window_hours >= 1, "must be >= 1"),
             (
                 "policy_kind",
-                self.policy_kind in ("auto", "lp", "contextual"),
-                "must be 'auto', 'lp' or 'contextual'",
+                self.policy_kind in POLICY_KINDS,
+                f"must be {choices_phrase(POLICY_KINDS.names)}",
             ),
             ("policy_refresh_s", self.policy_refresh_s >= 0, "must be >= 0"),
             ("policy_margin_z", 0.0 <= self.policy_margin_z <= 5.0, "must lie in [0, 5]"),
@@ -325,16 +433,16 @@ class Settings:
             ("prompt_retention_days", self.prompt_retention_days >= 0, "must be >= 0"),
             (
                 "engine",
-                self.engine in ("replay", "openai", "hf"),
-                "must be 'replay', 'openai' or 'hf'",
+                self.engine in ENGINES,
+                f"must be {choices_phrase(ENGINES.names)}",
             ),
             ("engine_timeout_s", self.engine_timeout_s > 0, "must be > 0"),
             ("engine_retries", 0 <= self.engine_retries <= 10, "must lie in [0, 10]"),
             ("engine_max_new_tokens", self.engine_max_new_tokens >= 1, "must be >= 1"),
             (
                 "meter",
-                self.meter in ("auto", "nvml", "rapl", "estimate"),
-                "must be 'auto', 'nvml', 'rapl' or 'estimate'",
+                self.meter in METERS,
+                f"must be {choices_phrase(METERS.names)}",
             ),
             (
                 "carbon_column",
@@ -344,12 +452,12 @@ class Settings:
             (
                 "carbon_provider",
                 self.carbon_provider in CARBON_PROVIDERS,
-                f"must be one of {', '.join(CARBON_PROVIDERS)}",
+                f"must be one of {', '.join(CARBON_PROVIDERS.names)}",
             ),
             (
                 "carbon_fallback_provider",
-                self.carbon_fallback_provider in ("", *CARBON_PROVIDERS),
-                f"must be empty or one of {', '.join(CARBON_PROVIDERS)}",
+                self.carbon_fallback_provider in ("", *CARBON_PROVIDERS.names),
+                f"must be empty or one of {', '.join(CARBON_PROVIDERS.names)}",
             ),
             ("carbon_timeout_s", self.carbon_timeout_s > 0, "must be > 0"),
             ("carbon_retries", 0 <= self.carbon_retries <= 10, "must lie in [0, 10]"),
@@ -362,8 +470,8 @@ class Settings:
             ("judge_sample_share", 0.0 <= self.judge_sample_share <= 1.0, "must lie in [0, 1]"),
             (
                 "judge_engine",
-                self.judge_engine in ("replay", "openai", "hf"),
-                "must be 'replay', 'openai' or 'hf'",
+                self.judge_engine in JUDGES,
+                f"must be {choices_phrase(JUDGES.names)}",
             ),
             (
                 "judge_protocol",
@@ -406,6 +514,35 @@ class Settings:
         """A copy with ``changes`` applied (validated)."""
         return dataclasses.replace(self, **changes)
 
+    def group(self, name: str) -> SettingsGroup:
+        """The settings of group ``name`` (one of :data:`SETTINGS_GROUPS`) by their flat
+        names, in declaration order, e.g. ``settings.group("carbon")["carbon_provider"]``.
+
+        Raises:
+            ConfigError: ``name`` is not a group.
+        """
+        try:
+            names = _GROUP_FIELDS[name]
+        except KeyError:
+            groups = ", ".join(SETTINGS_GROUPS)
+            raise ConfigError(f"unknown settings group {name!r}; the groups: {groups}") from None
+        values = {n: getattr(self, n) for n in names}
+        return SettingsGroup(name, values, _SECRETS.intersection(names))
+
+
+#: Field names per group, both in declaration order.
+_GROUP_FIELDS: dict[str, tuple[str, ...]] = {
+    group: tuple(f.name for f in fields(Settings) if f.metadata["group"] == group)
+    for group in SETTINGS_GROUPS
+}
+#: The secret settings (kept out of ``repr``).
+_SECRETS = frozenset(f.name for f in fields(Settings) if not f.repr)
+
+
+def settings_by_group() -> dict[str, tuple[str, ...]]:
+    """The names of the settings of each group: groups and names in declaration order."""
+    return dict(_GROUP_FIELDS)
+
 
 def _coerce(name: str, kind: Any, value: Any, origin: str) -> Any:
     if isinstance(kind, types.UnionType):  # an optional setting (float | None): its type
@@ -431,7 +568,8 @@ def _coerce(name: str, kind: Any, value: Any, origin: str) -> Any:
         ) from None
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
+def _from_toml(path: Path) -> tuple[dict[str, Any], bool]:
+    """The file's settings table, and whether it is a ``[sprout]`` table (else the top level)."""
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -441,7 +579,94 @@ def _from_toml(path: Path) -> dict[str, Any]:
     table = doc.get("sprout", doc)
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [sprout] must be a table")
-    return table
+    return table, "sprout" in doc
+
+
+def _in_group(group: str, key: str) -> str | None:
+    """The setting ``key`` names in ``group``'s table: ``<group>_<key>`` if that is a setting
+    of the group, else ``key`` if it is one, else None."""
+    for name in (f"{group}_{key}", key):
+        if name in _GROUP_FIELDS[group]:
+            return name
+    return None
+
+
+def _short_key(group: str, name: str) -> str:
+    """The shortest key of ``group``'s table that means the setting ``name``."""
+    short = name.removeprefix(f"{group}_")
+    return short if _in_group(group, short) == name else name
+
+
+def _table_name(group: str, nested: bool) -> str:
+    return f"[sprout.{group}]" if nested else f"[{group}]"
+
+
+def _file_settings(path: str | Path, kinds: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings the TOML file at ``path`` gives, coerced, by flat name: the keys of its
+    settings table (``[sprout]`` or the top level) and of its group tables (``[sprout.carbon]``).
+
+    Raises:
+        ConfigError: naming the file (and the table) and the key that is wrong.
+    """
+    table, nested = _from_toml(Path(path))
+    origin = f"config file {path}"
+    where = "[sprout]" if nested else "the top-level table"
+    values: dict[str, Any] = {}
+    given: dict[str, str] = {}  # flat name -> how it was given, to name both of a pair
+
+    def put(name: str, key: str, value: Any, place: str) -> None:
+        how = f"{key} in {place}"
+        if name in given:
+            raise ConfigError(
+                f"{origin}: setting {name} is given twice: as {given[name]} and as {how}"
+            )
+        given[name] = how
+        source = origin if place == where else f"{origin}, table {place}"
+        values[name] = _coerce(name, kinds[name], value, source)
+
+    for key, value in table.items():
+        if isinstance(value, dict) and key in _GROUP_FIELDS:
+            for item, item_value in value.items():
+                name = _group_key(origin, key, item, nested)
+                put(name, item, item_value, _table_name(key, nested))
+        elif key in kinds:
+            put(key, key, value, where)
+        elif isinstance(value, dict):
+            groups = ", ".join(_table_name(g, nested) for g in SETTINGS_GROUPS)
+            raise ConfigError(
+                f"{origin}: unknown table {_table_name(key, nested)}; the group tables: {groups}"
+            )
+        else:
+            known = ", ".join(sorted(kinds))
+            raise ConfigError(f"{origin}: unknown setting {key!r}; known: {known}")
+    return values
+
+
+def _group_key(origin: str, group: str, key: str, nested: bool) -> str:
+    """The setting that ``key`` of ``group``'s table means.
+
+    Raises:
+        ConfigError: ``key`` is a setting of another group, or of none; naming the file, the
+            table, the key and the keys of the table.
+    """
+    name = _in_group(group, key)
+    if name is not None:
+        return name
+    table = _table_name(group, nested)
+    shorts = {_short_key(group, n): n for n in _GROUP_FIELDS[group]}
+    known = ", ".join(sorted(shorts))
+    if any(short != n for short, n in shorts.items()):
+        known += " (or their flat names)"
+    elsewhere = [
+        f"{found} in {_table_name(other, nested)}"
+        for other in SETTINGS_GROUPS
+        if other != group and (found := _in_group(other, key)) is not None
+    ]
+    if elsewhere:
+        problem = f"key {key!r} in table {table} belongs to another group: {', '.join(elsewhere)}"
+    else:
+        problem = f"unknown key {key!r} in table {table}"
+    raise ConfigError(f"{origin}: {problem}; the keys of {table}: {known}")
 
 
 def load_settings(
@@ -462,11 +687,7 @@ def load_settings(
     values: dict[str, Any] = {}
     path = config or env.get("SPROUT_CONFIG")
     if path:
-        for key, value in _from_toml(Path(path)).items():
-            if key not in kinds:
-                known = ", ".join(sorted(kinds))
-                raise ConfigError(f"config file {path}: unknown setting {key!r}; known: {known}")
-            values[key] = _coerce(key, kinds[key], value, f"config file {path}")
+        values.update(_file_settings(path, kinds))
     for name, kind in kinds.items():
         var = f"SPROUT_{name.upper()}"
         if var in env and env[var] != "":

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, TextIO
 
 from sprout.config import Settings
 from sprout.data import DATASETS, WorkloadRecord, load_workload
+from sprout.errors import ConfigError
+from sprout.factory import build_controller, build_judge_job
+from sprout.judge.judges import ReplayJudge
 from sprout.receipt import Receipt
 
 if TYPE_CHECKING:
-    from sprout.judge.job import JudgeRun
+    from sprout.quality_loop.run import JudgeRun
 
 HOUR = timedelta(hours=1)
 #: Share of the demo's requests the quality loop samples (live deployments use far less).
@@ -122,10 +125,6 @@ def run_demo(
     from tqdm import tqdm
 
     from sprout.carbon.trace import load_trace
-    from sprout.errors import ConfigError
-    from sprout.factory import build_controller
-    from sprout.judge.job import build_judge_job
-    from sprout.judge.judges import ReplayJudge
 
     if hours < 1 or prompts < 1:
         raise ConfigError("the demo needs at least one hour and one prompt")

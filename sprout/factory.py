@@ -1,34 +1,57 @@
-"""Builds a controller's parts from :class:`~sprout.config.Settings` (the embedded defaults)."""
+"""Wires a controller and its jobs from :class:`~sprout.config.Settings` (the embedded
+defaults): its carbon signal, engine, meter, ledger, policy and sampler
+(:func:`build_controller`), and the quality loop's judge job beside it or on its own
+(:func:`build_judge_job`). Nothing else builds these from settings: the module is kept
+whole, a little over 500 lines, so that one file shows how every part meets the settings.
+
+The modules of parts with heavy or optional dependencies (engines, meters, carbon APIs, the
+ledger, OpenTelemetry, the controller and the quality loop) are imported when that part is
+built, so that wiring one never loads another's (an engine's torch, the ledger's SQLAlchemy).
+"""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sprout import otel
+from sprout.accounting import embodied_rate_g_per_s
 from sprout.carbon.base import CarbonProvider, utcnow
+from sprout.carbon.signal import CarbonSignal
 from sprout.config import Settings
+from sprout.controller import Controller
+from sprout.data import default_policy_path
 from sprout.directives import DirectiveSet
-from sprout.errors import ConfigError
-from sprout.policy.base import LP_KIND
+from sprout.energy.calibrate import calibrate_from_ledger, calibrated_meter
+from sprout.energy.estimate import EstimateMeter
+from sprout.energy.select import choose_meter
+from sprout.errors import SproutError
+from sprout.judge.job_config import JudgeJobConfig
+from sprout.judge.judges import LLMJudge, build_judge
+from sprout.judge.sampler import build_sampler
+from sprout.plugins import CARBON_PROVIDERS, ENGINES
+from sprout.training.versions import bundled_level_stats, lp_policy_version
 
 if TYPE_CHECKING:
     from sprout.carbon.signal import CarbonSignal
     from sprout.controller import Controller
     from sprout.energy.base import EnergyMeter
     from sprout.engines.base import Engine
+    from sprout.judge.judges import Judge
     from sprout.judge.sampler import Sampler
     from sprout.ledger.store import Ledger
     from sprout.policy.base import Policy
-    from sprout.policy.stats import LevelStats
+    from sprout.quality_loop.job import JudgeJob
 
 
 def load_directives(settings: Settings) -> DirectiveSet:
     """The policy file named in ``settings``, or the bundled default."""
-    from sprout.data import default_policy_path
-
     return DirectiveSet.load(
         Path(settings.policy_file) if settings.policy_file else default_policy_path()
     )
@@ -42,54 +65,17 @@ def build_provider(
 ) -> CarbonProvider:
     """The carbon provider named ``name`` (default: ``settings.carbon_provider``).
 
-    Live providers take their base URL, credentials, timeout and retries from ``settings``;
-    the trace provider reads ``settings.carbon_trace`` or the bundled trace of ``zone``
-    (default: ``settings.zone``).
+    Each provider's module reads its own settings (``from_settings``): live providers their
+    base URL, credentials, timeout and retries; the trace provider ``settings.carbon_trace``
+    or the bundled trace of ``zone`` (default: ``settings.zone``).
 
     Raises:
         ConfigError: an unknown name, or missing credentials (naming the setting).
     """
-    name = name or settings.carbon_provider
-    http = {
-        "timeout_s": settings.carbon_timeout_s,
-        "retries": settings.carbon_retries,
-        "max_wait_s": settings.carbon_max_retry_wait_s,
-    }
-    if name == "trace":
-        from sprout.carbon.trace import TraceProvider
-
-        return TraceProvider.from_source(
-            settings.carbon_trace or zone or settings.zone, settings.carbon_column, clock
-        )
-    if name == "static":
-        from sprout.carbon.static import StaticProvider
-
-        return StaticProvider(settings.static_ci_g_per_kwh, clock=clock)
-    if name == "electricitymaps":
-        from sprout.carbon.electricitymaps import ElectricityMapsProvider
-
-        return ElectricityMapsProvider(
-            settings.electricitymaps_api_key,
-            base_url=settings.electricitymaps_base_url,
-            emission_factor=settings.electricitymaps_emission_factor,  # type: ignore[arg-type]
-            clock=clock,
-            **http,
-        )
-    if name == "watttime":
-        from sprout.carbon.watttime import WattTimeProvider
-
-        return WattTimeProvider(
-            settings.watttime_username,
-            settings.watttime_password,
-            base_url=settings.watttime_base_url,
-            clock=clock,
-            **http,
-        )
-    if name == "uk":
-        from sprout.carbon.uk import UKCarbonIntensityProvider
-
-        return UKCarbonIntensityProvider(base_url=settings.uk_base_url, clock=clock, **http)
-    raise ConfigError(f"setting carbon_provider: unknown provider {name!r}")
+    provider: CarbonProvider = CARBON_PROVIDERS.build(
+        name or settings.carbon_provider, settings, clock, zone
+    )
+    return provider
 
 
 def build_signal(
@@ -102,9 +88,6 @@ def build_signal(
 
     Polling is not started here (see :meth:`CarbonSignal.start_polling`).
     """
-    import time
-
-    from sprout.carbon.signal import CarbonSignal
 
     fallback_zone = settings.carbon_fallback_zone or settings.zone
     secondary = (
@@ -127,54 +110,9 @@ def build_signal(
 
 def uses_live_provider(settings: Settings) -> bool:
     """Whether the signal asks a network API (and so should be polled in the background)."""
-    from sprout.config import LIVE_CARBON_PROVIDERS
 
-    return (
-        settings.carbon_provider in LIVE_CARBON_PROVIDERS
-        or settings.carbon_fallback_provider in LIVE_CARBON_PROVIDERS
-    )
-
-
-def bundled_level_stats(directives: DirectiveSet) -> LevelStats:
-    """Per-level energy, time and judged quality from the bundled recordings.
-
-    Raises:
-        ConfigError: if the directive set does not name the recorded levels.
-    """
-    from sprout.data import LEVELS, load_workload
-    from sprout.policy.stats import level_stats
-
-    missing = [level for level in LEVELS if level not in directives.names]
-    if missing:
-        raise ConfigError(
-            f"{directives.source}: the bundled recordings give quality and energy for "
-            f"directives {', '.join(LEVELS)}, but this policy file lacks {', '.join(missing)}; "
-            "name the recorded levels L0, L1, L2 (they may add caps or variants)"
-        )
-    return level_stats(load_workload(), LEVELS)
-
-
-def lp_policy_version(ledger: Ledger, stats: LevelStats, xi: float) -> int:
-    """Id of the stored LP policy version matching ``stats`` and ``xi``, storing it if new.
-
-    Processes starting together on one ledger (proxy workers, replicas) take turns under a
-    job lock, so that they store one version between them rather than one each.
-    """
-    from sprout.ledger.locks import job_lock
-    from sprout.ledger.store import params_sha256
-
-    params = {"stats": stats.as_dict(), "xi": xi}
-    with job_lock(ledger.engine, "lp-policy-version", wait_s=30.0):
-        latest = ledger.latest_policy_version(LP_KIND)
-        # Compare hashes: stored params come back JSON-normalised (tuples as lists).
-        if latest is not None and latest.sha256 == params_sha256(params):
-            return latest.id
-        return ledger.save_policy_version(
-            LP_KIND,
-            params,
-            {"n_energy": stats.n_energy, "n_judged": stats.n_judged},
-            note="level statistics from the bundled recordings",
-        )
+    live = {p.name for p in CARBON_PROVIDERS if p.live}
+    return settings.carbon_provider in live or settings.carbon_fallback_provider in live
 
 
 def contextual_policy(
@@ -185,10 +123,6 @@ def contextual_policy(
 
     A version that cannot be read or used is logged and the LP mix served.
     """
-    import logging
-
-    from sprout.errors import SproutError
-
     if settings.policy_kind == "lp" or ledger is None:
         return None
     log = logging.getLogger("sprout.policy")
@@ -210,7 +144,7 @@ def _load_live_policy(
 ) -> tuple[Policy, int] | None:
     """The newest stored contextual policy as the live controller serves it: refits off the
     request path, the configured margin cushion."""
-    from sprout.policy.retrain import load_policy
+    from sprout.training.serving import load_policy
 
     return load_policy(
         ledger,
@@ -223,28 +157,10 @@ def _load_live_policy(
     )
 
 
-def _restore_margin(controller: Controller, settings: Settings) -> None:
-    """Revise the contextual policy's safety margin from the verdicts already stored on its
-    own choices (a restart keeps what the quality loop measured)."""
-    import logging
-
-    from sprout.errors import SproutError
-    from sprout.judge.training import refresh_margin
-
-    try:
-        refresh_margin(controller, controller.now(), settings.judge_half_life_h)
-    except SproutError as e:  # the training margin serves until the judge's next run
-        logging.getLogger("sprout.policy").warning(
-            "contextual policy: stored verdicts not read, keeping the training margin: %s", e
-        )
-
-
 def warn_unguarded(settings: Settings, version: int | None) -> None:
     """Say, once, at start, that a per-request policy served with no quality loop is
     unguarded on traffic unlike its training data (nothing samples it, so nothing judges
     it: neither its margin nor the quality guard can react)."""
-    import logging
-
     why = (
         "judge_sample_share = 0"
         if settings.judge_sample_share <= 0
@@ -274,7 +190,7 @@ def watch_policy_versions(
     ledger = controller.ledger
     if ledger is None or settings.policy_kind == "lp" or settings.policy_refresh_s <= 0:
         return
-    from sprout.policy.retrain import PolicyWatcher
+    from sprout.training.serving import PolicyWatcher
 
     # Started on the LP mix with no quality loop: say so when a contextual policy comes.
     warned: list[bool] = [controller.sampler is not None or current is not None]
@@ -308,60 +224,14 @@ def build_ledger(settings: Settings) -> Ledger:
     )
 
 
-def _pairs(setting: str, value: str) -> dict[str, str]:
-    """``a=x,b=y`` as a dict (names the setting when malformed)."""
-    pairs: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        key, sep, target = (x.strip() for x in item.partition("="))
-        if not sep or not key or not target:
-            raise ConfigError(f"setting {setting}: expected variant=model pairs, got {item!r}")
-        pairs[key] = target
-    return pairs
-
-
 def build_engine(settings: Settings) -> Engine:
-    """The engine named by ``settings.engine`` (``replay``, ``openai`` or ``hf``).
+    """The engine ``settings.engine`` names (see :data:`sprout.plugins.ENGINES`).
 
     Raises:
         ConfigError: a setting the engine needs is missing or malformed.
     """
-    if settings.engine == "replay":
-        from sprout.engines.replay import ReplayEngine
-
-        return ReplayEngine()
-    variants = _pairs("engine_variants", settings.engine_variants)
-    guard = None
-    if settings.babble_guard:
-        from sprout.engines.guards import BabbleGuard
-
-        guard = BabbleGuard()
-    if not settings.engine_model:
-        raise ConfigError(f"setting engine_model: required for engine={settings.engine!r}")
-    if settings.engine == "openai":
-        from sprout.engines.openai_compat import OpenAIEngine
-
-        if not settings.engine_base_url:
-            raise ConfigError("setting engine_base_url: required for engine='openai'")
-        return OpenAIEngine(
-            settings.engine_base_url,
-            settings.engine_model,
-            variant_models=variants,
-            api_key=settings.engine_api_key or None,
-            stream=settings.engine_stream,
-            max_tokens=settings.engine_max_new_tokens,
-            guard=guard,
-            timeout_s=settings.engine_timeout_s,
-            max_retries=settings.engine_retries,
-        )
-    from sprout.engines.hf import INT8, HFEngine, ModelVariant
-
-    return HFEngine(
-        settings.engine_model,
-        variants={INT8: ModelVariant(settings.engine_model, INT8), **variants},
-        device=settings.engine_device,
-        max_new_tokens=settings.engine_max_new_tokens,
-        guard=guard,
-    )
+    engine: Engine = ENGINES.build(settings.engine, settings)
+    return engine
 
 
 def build_meter(settings: Settings, engine: Engine, ledger: Ledger | None = None) -> EnergyMeter:
@@ -371,19 +241,11 @@ def build_meter(settings: Settings, engine: Engine, ledger: Ledger | None = None
     per variant on the ledger's measured receipts of ``engine`` when ``meter_calibrate``
     is set and there are enough of them (from the last 30 days).
     """
-    import logging
-    from datetime import timedelta
-
-    from sprout.energy.estimate import EstimateMeter
-    from sprout.energy.select import choose_meter
 
     log = logging.getLogger("sprout.energy")
     estimate = EstimateMeter()
     # A replay carries its recorded energy: its receipts never need a fitted estimate.
     if settings.meter_calibrate and ledger is not None and engine.name != "replay":
-        from sprout.energy.calibrate import calibrate_from_ledger, calibrated_meter
-        from sprout.errors import SproutError
-
         try:
             calibration = calibrate_from_ledger(ledger, since=utcnow() - timedelta(days=30))
         except SproutError as e:  # calibration is an improvement, never a requirement
@@ -408,8 +270,6 @@ def _build_sampler(
 ) -> Sampler | None:
     """The quality loop's sampler, when ``judge_sample_share`` > 0 (its own draws, seeded
     from ``rng`` when given, so that sampling never shifts the policy's)."""
-    from sprout.judge.sampler import build_sampler
-
     seeded = (
         None if rng is None or settings.judge_sample_share <= 0 else random.Random(rng.random())
     )
@@ -443,15 +303,12 @@ def build_controller(
             and forecasts in the ledger (default: ``settings.carbon_poll`` when a live
             provider is configured); ``Controller.close`` stops it.
     """
-    from sprout.accounting import embodied_rate_g_per_s
-    from sprout.controller import Controller
     from sprout.policy.sprout_lp import SproutLPPolicy
+    from sprout.quality_loop.live import restore_margin, restore_quality
 
     telemetry = None
     if settings.otel_enabled:  # first: a missing otel extra fails before anything is opened
-        from sprout.otel import OTelSink
-
-        telemetry = OTelSink(metrics_tenant=settings.otel_metrics_tenant)
+        telemetry = otel.OTelSink(metrics_tenant=settings.otel_metrics_tenant)
     directives = load_directives(settings)
     stats = bundled_level_stats(directives)
     rate = embodied_rate_g_per_s(settings.embodied_g, settings.lifetime_years)
@@ -464,8 +321,6 @@ def build_controller(
     if contextual is not None:
         policy = contextual[0]
     if ledger is not None:  # what the quality loop learnt survives restarts (sprout.judge)
-        from sprout.judge.job import restore_quality
-
         policy, stats = restore_quality(ledger, policy, stats, directives.baseline)
     if contextual is not None:
         version: int | None = contextual[1]
@@ -491,7 +346,7 @@ def build_controller(
     if telemetry is not None:
         telemetry.attach(controller)
     if contextual is not None and ledger is not None:
-        _restore_margin(controller, settings)
+        restore_margin(controller, settings.judge_half_life_h)
     if contextual is not None and controller.sampler is None:
         warn_unguarded(settings, contextual[1])
     watch_policy_versions(
@@ -507,3 +362,58 @@ def build_controller(
             wait_first_s=settings.carbon_timeout_s,  # bounded: a down API delays start only this
         )
     return controller
+
+
+def build_judge_job(
+    settings: Settings,
+    *,
+    controller: Controller | None = None,
+    judge: Judge | None = None,
+    ledger: Ledger | None = None,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> JudgeJob:
+    """The judge job ``settings`` describe, beside ``controller`` (sharing its ledger,
+    engine, signal, meter and sampler, and refreshing its policy) or on its own (``sprout
+    judge run``), building what it lacks."""
+    from sprout.quality_loop.job import JudgeJob
+
+    owned: list[Any] = []  # what the job builds for itself, and so closes with itself
+    if controller is not None:
+        ledger = ledger or controller.ledger
+        engine = engine or controller.engine
+    if ledger is None:
+        ledger = build_ledger(settings)
+        owned.append(ledger)
+    if engine is None:
+        engine = build_engine(settings)
+        owned.append(engine)
+    config = JudgeJobConfig.from_settings(settings)
+    if controller is not None:
+        directives, signal, meter = controller.directives, controller.signal, controller.meter
+        config = replace(config, embodied_g_per_s=controller.embodied_g_per_s)
+    else:
+        directives = load_directives(settings)
+        signal = build_signal(settings, clock)
+        meter = build_meter(settings, engine, ledger)
+        owned += [signal, meter]
+    if judge is None:
+        judge = build_judge(settings)
+        owned.insert(0, judge)
+    judge_meter = None
+    if isinstance(judge, LLMJudge):
+        judge_meter = build_meter(settings, judge.engine)
+        owned.append(judge_meter)
+    return JudgeJob(
+        ledger,
+        judge,
+        engine,
+        directives,
+        signal,
+        meter=meter,
+        judge_meter=judge_meter,
+        controller=controller,
+        config=config,
+        clock=clock,
+        owned=owned,
+    )

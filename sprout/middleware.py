@@ -29,8 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sprout.config import load_settings
+from sprout.energy.estimate import approx_tokens
 from sprout.engines.base import Engine, Generation
 from sprout.errors import EngineError
+from sprout.factory import build_controller
 
 if TYPE_CHECKING:
     from sprout.chat import ChatRequest
@@ -176,7 +179,6 @@ class FunctionEngine(Engine):
         if call is not None:
             call.raw = raw
         text, prompt_tokens, completion_tokens, served = read_output(raw)
-        from sprout.energy.estimate import approx_tokens
 
         if prompt_tokens is None:
             prompt_tokens = sum(approx_tokens(m["content"]) for m in messages)
@@ -256,8 +258,6 @@ class CarbonAwareFunction:
     def _build(self) -> Controller:
         if self._factory is not None:
             return self._factory(self.engine)
-        from sprout.config import load_settings
-        from sprout.factory import build_controller
 
         return build_controller(self._settings or load_settings(), engine=self.engine)
 

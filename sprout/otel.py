@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sprout._version import __version__
 from sprout.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -143,7 +144,6 @@ class OTelSink:
             raise ConfigError(
                 f"OpenTelemetry needs the otel extra: pip install 'sprout[otel]' ({e})"
             ) from None
-        from sprout import __version__
 
         self._trace = trace
         self.metrics_tenant = metrics_tenant

@@ -15,9 +15,9 @@ from sprout.accounting import request_carbon
 OUTCOMES: tuple[str, ...] = ("completed", "client_closed", "upstream_failed", "guard_cut")
 
 if TYPE_CHECKING:
-    from sprout.carbon.signal import SignalReading
     from sprout.energy.base import EnergySample
     from sprout.engines.base import Generation
+    from sprout.readings import SignalReading
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sprout.errors import ConfigError
+
 if TYPE_CHECKING:
     from apscheduler.job import Job
     from apscheduler.schedulers.base import BaseScheduler
@@ -139,8 +141,6 @@ def cron_fields(expression: str, *, setting: str = "cron") -> dict[str, str]:
         ConfigError: not five fields, or a field APScheduler rejects (naming ``setting``).
     """
     from apscheduler.triggers.cron import CronTrigger
-
-    from sprout.errors import ConfigError
 
     parts = expression.split()
     names = ("minute", "hour", "day", "month", "day_of_week")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -263,8 +266,7 @@ def test_policy_meets_its_floor_on_average(fitted: tuple) -> None:
         )
         ctx = CarbonContext(150.0 + 100 * (hour % 3), 100.0, 400.0, 250.0)
         p = LevelPrediction(both.pref[rows], both.energy_kwh[rows], both.time_s[rows])
-        level = policy.choose(p, ctx)
-        policy.observe(p, level)
+        level = policy.decide_batch(p, ctx)
         achieved.append(p.pref[np.arange(200), level].mean() / p.pref[:, 0].mean())
     assert np.mean(achieved[20:]) == pytest.approx(1.2, abs=0.05)  # the floor plus margin
     # One multiplier in grams for every hour: the same prompts get briefer when dirtier.
@@ -298,19 +300,64 @@ def test_policy_checks_levels_against_directives(fitted: tuple) -> None:
         ContextualPolicy(model, other, 0.1, 0.0, anchor="nope")
 
 
-def test_decide_fast_path_matches_choose(fitted: tuple) -> None:
+@pytest.mark.parametrize("max_loss", [None, 0.02, 0.2])
+def test_live_path_is_the_batch_path_with_one_request(fitted: tuple, max_loss: object) -> None:
+    """The controller's path (``decide``, one prompt at a time) and the simulator's
+    (``decide_batch``) decide alike and leave the same state, on many prompts and carbon
+    contexts: refits, pacer and bookkeeping included."""
     model, _ = fitted
-    texts, *_ = synthetic(60, seed=4)
-    ref = model.predict(texts)
-    a = _policy(model, reference=ref, margin=0.1)
-    b = _policy(model, reference=ref, margin=0.1)
-    for text in texts[:30]:
-        one = model.predict_one(text)
-        level = int(b.choose(one, CTX)[0])
-        b.observe(one, level)
-        assert a.decide(text, CTX, random.Random(0)).directive.name == LEVELS[level]
-    np.testing.assert_allclose(a._recent, b._recent)
-    assert a._period_chosen == pytest.approx(b._period_chosen)
+    texts, *_ = synthetic(400, seed=4)
+    ref = model.predict(texts[:100])
+    kw = {"reference": ref, "margin": 0.1, "max_loss": max_loss, "refit_every": 40}
+    live, batch = _policy(model, **kw), _policy(model, **kw)
+    for i, text in enumerate(texts[100:]):
+        ctx = CarbonContext(120.0 + 37.0 * ((i // 25) % 8), 100.0, 400.0, 250.0)
+        decision = live.decide(text, ctx, random.Random(0))
+        level = batch.decide_batch(model.predict_one(text), ctx)
+        assert level.shape == (1,)
+        assert decision.directive.name == LEVELS[int(level[0])]
+        if max_loss is not None:
+            pref = model.predict_one(text).pref
+            assert pref[0] - pref[level[0]] <= max_loss + 1e-12
+    np.testing.assert_array_equal(live._recent, batch._recent)
+    assert live.pacer.periods == batch.pacer.periods > 5
+    state = ("_lam", "_next", "_filled", "_period_chosen", "_period_base", "_period_count")
+    assert [getattr(live, a) for a in state] == [getattr(batch, a) for a in state]
+
+
+@pytest.mark.parametrize("max_loss", [None, 0.05])
+def test_batch_decisions_are_the_assignment_the_multiplier_is_fitted_for(
+    fitted: tuple, max_loss: object
+) -> None:
+    """The policy decides as :func:`choose` of :func:`bounded_cost` (the vectorised
+    assignment its multiplier and margin are fitted for), whatever the multiplier: none
+    (0), finite, or none yet (inf: the likeliest preferred level, the cheapest among equals);
+    ties included."""
+    model, _ = fitted
+    rng = np.random.default_rng(7)
+    mixed = [_kind_predictions(150, brief, rng) for brief in (False, True)]
+    pred = LevelPrediction(
+        *(np.vstack([getattr(p, f) for p in mixed]) for f in ("pref", "energy_kwh", "time_s"))
+    )
+    # Ties: equal preferences (some at equal cost), and a baseline tied with a briefer level.
+    pred.pref[:20] = [0.4, 0.4, 0.2]
+    pred.pref[20:40] = [0.3, 0.35, 0.35]
+    pred.energy_kwh[:10] = pred.energy_kwh[:10, :1]
+    pred.time_s[:10] = pred.time_s[:10, :1]
+    for lam in (0.0, 1e-3, 0.05, 1.0, 30.0, math.inf):
+        policy = _policy(model, max_loss=max_loss)
+        policy.multiplier = lambda carbon, lam=lam: lam  # type: ignore[method-assign]
+        for ci in (50.0, 300.0, 900.0):
+            ctx = CarbonContext(ci, 100.0, 400.0, 250.0)
+            cost = expected_carbon_g(pred.energy_kwh, pred.time_s, ci, policy.embodied_g_per_s)
+            want = choose(bounded_cost(cost, pred.pref, max_loss), pred.pref, lam)
+            np.testing.assert_array_equal(policy.decide_batch(pred, ctx), want)
+    # Without any history the policy has no multiplier yet: the likeliest preferred level.
+    fresh = _policy(model, max_loss=max_loss)
+    assert fresh.multiplier(CTX) == math.inf
+    cost = expected_carbon_g(pred.energy_kwh, pred.time_s, CTX.ci_g_per_kwh, 1e-4)
+    want = choose(bounded_cost(cost, pred.pref, max_loss), pred.pref, math.inf)
+    np.testing.assert_array_equal(fresh.decide_batch(pred, CTX), want)
 
 
 def test_bounded_cost_prices_out_levels_that_lose_too_much() -> None:
@@ -370,7 +417,7 @@ def test_policy_bound_holds_each_kind_of_prompt_when_the_mix_shifts(fitted: tupl
     losses = {}
     for max_loss in (None, 0.05):
         policy = _policy(model, reference=both, margin=0.0, max_loss=max_loss)
-        level = policy.choose(open_, CTX)  # an hour of open tasks only
+        level = policy.decide_batch(open_, CTX)  # an hour of open tasks only
         rows = np.arange(level.size)
         losses[max_loss] = open_.pref[:, 0] - open_.pref[rows, level]
         assert (level >= 0).all()
@@ -381,16 +428,17 @@ def test_policy_bound_holds_each_kind_of_prompt_when_the_mix_shifts(fitted: tupl
         _policy(model, max_loss=1.5)
 
 
-def test_decide_fast_path_matches_choose_under_a_bound(fitted: tuple) -> None:
-    model, _ = fitted
-    texts, *_ = synthetic(60, seed=5)
-    ref = model.predict(texts)
-    a = _policy(model, reference=ref, margin=0.1, max_loss=0.02)
-    b = _policy(model, reference=ref, margin=0.1, max_loss=0.02)
-    for text in texts[:30]:
-        one = model.predict_one(text)
-        level = int(b.choose(one, CTX)[0])
-        b.observe(one, level)
-        assert a.decide(text, CTX, random.Random(0)).directive.name == LEVELS[level]
-        pref = np.atleast_2d(one.pref)[0]
-        assert pref[0] - pref[level] <= 0.02 + 1e-12
+def test_the_package_is_core_logic_with_no_import_time_side_effects() -> None:
+    """Nothing in ``sprout.policy.contextual`` imports the judge, the runtime, the ledger,
+    the server or the simulator, even function-locally (grimp reads every import); and
+    importing it starts no thread (the refit worker starts on first use)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("sprout", cache_dir=None)
+    package = [m for m in graph.modules if m.startswith("sprout.policy.contextual")]
+    assert "sprout.policy.contextual.policy" in package
+    upstream = set().union(*(graph.find_upstream_modules(m) for m in package))
+    upper = ("judge", "controller", "factory", "sim", "ledger", "server")
+    assert not [m for m in upstream if m.split(".")[1] in upper]
+    code = "import threading, sprout.policy.contextual; print(threading.active_count())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

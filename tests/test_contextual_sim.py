@@ -12,7 +12,7 @@ from sprout.cli.simulate import split_for
 from sprout.data import DATASETS, load_workload
 from sprout.errors import ConfigError
 from sprout.sim.engine import SimConfig, simulate
-from sprout.sim.methods.base import method_names
+from sprout.sim.methods.registry import method_names
 from sprout.sim.workload import PromptSplit, WorkloadArrays
 
 PER_DATASET = 240  # a small workload: training takes about a second

@@ -315,8 +315,8 @@ def test_a_swap_derived_from_a_replaced_policy_is_refused(controller):
 
 
 def test_a_quality_estimate_applies_to_the_policy_swapped_in_meanwhile(controller, monkeypatch):
-    from sprout.judge import job as job_module
     from sprout.judge.quality import QualityEstimate, QualityGuardPolicy, unwrap
+    from sprout.quality_loop import live as job_module
 
     levels = tuple(d.name for d in controller.directives)
     estimate = QualityEstimate(

@@ -13,12 +13,12 @@ from sprout.cli import main
 from sprout.config import load_settings
 from sprout.data import LEVELS
 from sprout.demo import pick_prompts, run_demo
-from sprout.factory import build_controller, bundled_level_stats, load_directives
-from sprout.judge.job import build_judge_job
+from sprout.factory import build_controller, build_judge_job, load_directives
 from sprout.judge.judges import ReplayJudge
 from sprout.judge.report import verdict_report
 from sprout.ledger.audit import ledger_report
 from sprout.policy.base import QUALITY_KIND
+from sprout.training.versions import bundled_level_stats
 
 START = 3912
 HOUR = timedelta(hours=1)

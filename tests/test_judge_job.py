@@ -17,14 +17,15 @@ from sprout.data import LEVELS
 from sprout.engines.base import Engine
 from sprout.engines.openai_compat import OpenAIEngine
 from sprout.errors import EngineError, UnknownPromptError
-from sprout.factory import build_controller, bundled_level_stats, load_directives
-from sprout.judge.job import JudgeJob, build_judge_job, cron_fields, hour_index
+from sprout.factory import build_controller, build_judge_job, load_directives
 from sprout.judge.judges import Judge, JudgeItem, JudgeResult, LLMJudge, ReplayJudge
 from sprout.judge.quality import GUARD_REASON, Observation, QualityGuardPolicy, estimate_quality
 from sprout.ledger.audit import ledger_report
 from sprout.ledger.locks import job_lock
 from sprout.policy.base import QUALITY_KIND
 from sprout.policy.sprout_lp import SproutLPPolicy
+from sprout.quality_loop.job import JudgeJob, cron_fields, hour_index
+from sprout.training.versions import bundled_level_stats
 from tests.fake_openai_server import FakeOpenAIServer
 
 START = 3912  # 2023-06-13 00:00 UTC in the bundled traces
@@ -441,7 +442,7 @@ def test_judge_schedule_command_is_registered(capsys):
 def test_a_replica_follows_the_estimates_another_process_stores(
     sqlite_url, clock, trace, judged_records
 ):
-    from sprout.judge.job import QualityFollower
+    from sprout.quality_loop.live import QualityFollower
 
     settings = _settings(sqlite_url, judge_min_verdicts=5)
     serving = _controller(settings, clock, trace)

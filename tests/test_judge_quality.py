@@ -13,13 +13,13 @@ from sprout.judge.quality import (
     Observation,
     QualityEstimate,
     QualityGuardPolicy,
-    age_weight,
     estimate_quality,
     guard_share,
     refreshed_stats,
     unwrap,
 )
 from sprout.policy.base import CarbonContext, Decision, Policy
+from sprout.policy.recency import age_weight
 from sprout.policy.stats import LevelStats
 
 NOW = datetime(2023, 6, 13, 12, tzinfo=UTC)

@@ -10,11 +10,10 @@ import pytest
 from sprout.carbon.trace import load_trace
 from sprout.config import load_settings
 from sprout.data import LEVELS
-from sprout.factory import build_controller
-from sprout.judge.job import build_judge_job
+from sprout.factory import build_controller, build_judge_job
 from sprout.judge.judges import ReplayJudge
-from sprout.judge.training import LEDGER_DATASET, LedgerVerdictSource, verdict_example
 from sprout.ledger.retention import prune_prompts
+from sprout.training.verdicts import LEDGER_DATASET, LedgerVerdictSource, verdict_example
 
 
 def test_judged_requests_become_weighted_examples_until_their_prompts_are_pruned(

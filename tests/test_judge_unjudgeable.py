@@ -12,16 +12,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-import sprout.judge.job as job_module
+import sprout.quality_loop.job as job_module
 from sprout.config import load_settings
 from sprout.data import LEVELS
 from sprout.demo import print_summary, run_demo
 from sprout.engines.base import Engine, Generation
-from sprout.factory import build_controller, bundled_level_stats, load_directives
-from sprout.judge.job import build_judge_job, prior_quality
+from sprout.factory import build_controller, build_judge_job, load_directives
 from sprout.judge.judges import Judge, JudgeItem, JudgeResult, LLMJudge, ReplayJudge
 from sprout.judge.quality import Observation, estimate_quality
 from sprout.policy.base import CarbonContext, Decision, Policy
+from sprout.training.versions import bundled_level_stats, prior_quality
 
 FOUR = """
 description = "The three recorded levels and a one-word directive."

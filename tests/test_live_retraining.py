@@ -27,8 +27,7 @@ from sprout.cli import main
 from sprout.config import load_settings
 from sprout.controller import Controller
 from sprout.engines.base import Engine, Generation
-from sprout.factory import build_controller
-from sprout.judge.job import build_judge_job
+from sprout.factory import build_controller, build_judge_job
 from sprout.judge.judges import LLMJudge
 from sprout.ledger.store import Ledger
 from sprout.policy.base import CONTEXTUAL_KIND
@@ -140,7 +139,7 @@ def scheduled_retrain(url: str, as_of: str, monkeypatch: pytest.MonkeyPatch) -> 
 def test_live_retraining_restores_the_preference_on_an_unseen_family(
     sqlite_url, clock, monkeypatch, capsys
 ) -> None:
-    from sprout.policy import retrain as retrain_module
+    from sprout.training import sources as retrain_module
 
     started = time.perf_counter()
     monkeypatch.setattr(retrain_module, "BundledSource", SmallBundled)

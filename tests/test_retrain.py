@@ -21,20 +21,12 @@ from sprout.factory import build_controller, load_directives
 from sprout.ledger.store import Ledger
 from sprout.policy.base import CONTEXTUAL_KIND, DEFAULT_MAX_LOSS
 from sprout.policy.contextual import ContextualPolicy, FeatureConfig
-from sprout.policy.retrain import (
-    BundledSource,
-    LedgerSource,
-    PolicyWatcher,
-    TrainingExample,
-    choose_sources,
-    held_out_mask,
-    load_policy,
-    parse_cron,
-    retrain,
-    schedule_retrain,
-    training_set,
-)
 from sprout.sim.workload import PromptSplit, bundled_workload
+from sprout.training.dataset import held_out_mask, training_set
+from sprout.training.retrain import retrain
+from sprout.training.schedule import parse_cron, schedule_retrain
+from sprout.training.serving import PolicyWatcher, load_policy
+from sprout.training.sources import BundledSource, LedgerSource, TrainingExample, choose_sources
 
 PER_DATASET = 120
 LEVELS3 = ("L0", "L1", "L2")
@@ -92,7 +84,7 @@ def test_held_out_mask_validates() -> None:
 def _judged_ledger(sqlite_url: str, clock: object, records: list) -> None:
     """Serve ``records`` with every request sampled, then run the judge job over them."""
     from sprout.carbon.trace import load_trace
-    from sprout.judge.job import build_judge_job
+    from sprout.factory import build_judge_job
     from sprout.judge.judges import ReplayJudge
 
     clock.t = load_trace("GB").time_of(3912)  # type: ignore[attr-defined]
@@ -150,7 +142,7 @@ def test_retrain_learns_from_the_ledgers_verdicts(sqlite_url, clock, judged_reco
 
 def test_estimated_energy_trains_no_energy_regression(ledger: Ledger) -> None:
     from sprout.data import WorkloadRecord
-    from sprout.judge.training import VerdictExample
+    from sprout.training.verdicts import VerdictExample
 
     levels = ("L0", "L1", "L2")
     record = WorkloadRecord(
@@ -290,7 +282,7 @@ def test_watcher_keeps_the_current_policy_when_a_load_fails(
         raise ConfigError("bad model")
 
     watcher = PolicyWatcher(ledger, broken, lambda p, v: swapped.append(p), interval_s=0.01)
-    with caplog.at_level(logging.ERROR, logger="sprout.policy.retrain"):
+    with caplog.at_level(logging.ERROR, logger="sprout.training"):
         assert not watcher.check()
         assert not watcher.check()  # the broken version is not retried
     assert not swapped and "cannot be used" in caplog.text
@@ -334,7 +326,7 @@ def test_cli_retrain_no_store(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sprout.cli import main
-    from sprout.policy import retrain as module
+    from sprout.training import sources as module
 
     monkeypatch.setattr(module, "BundledSource", SmallBundled)
     monkeypatch.setenv("SPROUT_POLICY_MAX_LOSS", "0.1")
@@ -386,7 +378,7 @@ def test_the_judges_verdicts_revise_the_served_versions_margin(
     sqlite_url, clock, judged_records
 ) -> None:
     from sprout.carbon.trace import load_trace
-    from sprout.judge.job import build_judge_job
+    from sprout.factory import build_judge_job
     from sprout.judge.judges import ReplayJudge
 
     led = Ledger(sqlite_url)
@@ -429,7 +421,7 @@ def test_cli_retrain_reads_a_replayed_ledgers_verdicts_as_of_its_time(
     monkeypatch: pytest.MonkeyPatch, sqlite_url, clock, judged_records, tmp_path: Path, capsys
 ) -> None:
     from sprout.cli import main
-    from sprout.policy import retrain as module
+    from sprout.training import sources as module
 
     monkeypatch.setattr(module, "BundledSource", SmallBundled)
     _judged_ledger(sqlite_url, clock, _spread(judged_records, 4))

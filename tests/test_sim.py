@@ -24,16 +24,9 @@ from sprout.policy.stats import LevelStats
 from sprout.sim.carbon import carbon_window
 from sprout.sim.engine import SimConfig, simulate
 from sprout.sim.evaluate import run_method
-from sprout.sim.methods.base import (
-    Assignment,
-    HourInputs,
-    Method,
-    SimSetup,
-    create_method,
-    method_names,
-    register_method,
-)
+from sprout.sim.methods.base import Assignment, HourInputs, Method, SimSetup
 from sprout.sim.methods.oracle_request import min_carbon_assignment, required_count
+from sprout.sim.methods.registry import create_method, method_names, register_method
 from sprout.sim.metrics import Spread, carbon_saving, normalized_preference
 from sprout.sim.mix import mix_schedule
 from sprout.sim.sampling import sample_hours

@@ -11,13 +11,13 @@ import pytest
 
 from sprout.data import DATASETS, load_workload
 from sprout.errors import ConfigError
-from sprout.judge.job import JudgeJobConfig
+from sprout.judge.job_config import JudgeJobConfig
 from sprout.judge.quality import Observation, estimate_quality
 from sprout.judge.timing import ForecastEvaluatorClock, judge_run_reason
-from sprout.policy.retrain import RetrainOptions, TrainingExample, pick_sources
 from sprout.sim.engine import SimConfig, _setups, load_directives, simulate
 from sprout.sim.loop import ExampleSource, LoopConfig
 from sprout.sim.workload import PromptSplit, WorkloadArrays
+from sprout.training.sources import RetrainOptions, TrainingExample, pick_sources
 
 PER_DATASET = 240  # a small workload: training takes about a second
 
@@ -223,7 +223,8 @@ def test_setups_grade_only_outside_the_loop_pool() -> None:
     from sprout.carbon.trace import load_trace
     from sprout.sim.carbon import carbon_window
     from sprout.sim.evaluate import run_method
-    from sprout.sim.methods.base import create_method, verdict_code
+    from sprout.sim.methods.base import verdict_code
+    from sprout.sim.methods.registry import create_method
 
     w = small_workload()
     config = _sim_config(methods=("base", "contextual"), hours=6)
@@ -268,10 +269,10 @@ def _count(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[d
 
 
 def test_simulation_drives_the_live_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sprout.policy.retrain
     import sprout.sim.loop
+    import sprout.training.retrain
 
-    retrains = _count(monkeypatch, sprout.policy.retrain, "retrain")
+    retrains = _count(monkeypatch, sprout.training.retrain, "retrain")
     ticks = _count(monkeypatch, sprout.sim.loop, "judge_run_reason")
     result = simulate(_sim_config(), workload=small_workload())
     assert len(retrains) == 2  # hours 24 and 48
@@ -289,10 +290,10 @@ def test_simulation_drives_the_live_loop(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_simulation_without_judging(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sprout.policy.retrain
     import sprout.sim.loop
+    import sprout.training.retrain
 
-    retrains = _count(monkeypatch, sprout.policy.retrain, "retrain")
+    retrains = _count(monkeypatch, sprout.training.retrain, "retrain")
     ticks = _count(monkeypatch, sprout.sim.loop, "judge_run_reason")
     result = simulate(
         _sim_config(loop=LoopConfig(judge_share=0.0, retrain_every_h=24)),
@@ -342,8 +343,8 @@ def test_cli_defaults_are_the_products() -> None:
     from sprout.cli import build_parser
     from sprout.cli.simulate import JUDGE_SHARE_DEFAULT, RETRAIN_EVERY_DEFAULT
     from sprout.judge.sampler import RECOMMENDED_JUDGE_SHARE
-    from sprout.policy.retrain import RetrainOptions
     from sprout.sim.loop import DEFAULT_RETRAIN_EVERY_H
+    from sprout.training.sources import RetrainOptions
 
     assert JUDGE_SHARE_DEFAULT == RECOMMENDED_JUDGE_SHARE == LoopConfig().judge_share
     assert RETRAIN_EVERY_DEFAULT == DEFAULT_RETRAIN_EVERY_H == LoopConfig().retrain_every_h

@@ -14,7 +14,7 @@ from sprout.config import load_settings
 from sprout.factory import build_controller
 from sprout.ledger.store import Ledger
 from sprout.policy.contextual import ContextualPolicy
-from sprout.policy.retrain import retrain
+from sprout.training.retrain import retrain
 from tests.test_retrain import FAST, SmallBundled, _bundled_prompt
 
 

@@ -36,7 +36,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sprout`` argument parser."""
-    from sprout import __version__
+    from sprout._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="sprout", description="Carbon-aware LLM generation with a carbon ledger."

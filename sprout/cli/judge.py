@@ -25,7 +25,7 @@ REPORT_FORMATS: tuple[str, ...] = ("table", "json")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sprout.judge.job import build_judge_job
+    from sprout.factory import build_judge_job
 
     settings = settings_for(args)
     existing_ledger(settings.db_url)
@@ -56,7 +56,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    from sprout.judge.job import build_judge_job
+    from sprout.factory import build_judge_job
     from sprout.scheduler import create_scheduler, run_blocking
 
     settings = settings_for(args)

@@ -23,7 +23,7 @@ from sprout.cli.options import (
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
-    from sprout.ledger.audit import PURPOSES
+    from sprout.ledger.audit_report import PURPOSES
     from sprout.receipt import OUTCOMES
 
     parser.add_argument("--since", metavar="TIME", help="from this ISO 8601 date/time (UTC)")
@@ -65,7 +65,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sprout.ledger.audit import format_report
+    from sprout.ledger.audit_format import format_report
 
     settings = settings_for(args)
     existing_ledger(settings.db_url)
@@ -128,7 +128,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``sprout ledger ...`` to the main parser's subparsers."""
     from sprout.cli import ledger_integrity
-    from sprout.ledger.audit import FORMATS, GROUP_BYS
+    from sprout.ledger.audit_format import FORMATS
+    from sprout.ledger.audit_report import GROUP_BYS
     from sprout.ledger.plot import BUCKETS
 
     ledger = subparsers.add_parser(

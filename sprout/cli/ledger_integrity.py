@@ -22,7 +22,8 @@ EXIT_PENDING = 3
 
 def run_verify(args: argparse.Namespace, settings: Any) -> int:
     """``sprout ledger verify``: the chains, the checkpoints given, and what is pending."""
-    from sprout.ledger.attest import check_checkpoints, checkpoint_files, read_checkpoint
+    from sprout.ledger.attest import check_checkpoints
+    from sprout.ledger.checkpoint_files import checkpoint_files, read_checkpoint
     from sprout.ledger.keys import verifying_key
     from sprout.ledger.pending import scan_pending, spool_path_for
     from sprout.ledger.verify import verify
@@ -68,7 +69,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     from sprout.errors import ConfigError
-    from sprout.ledger.attest import checkpoint_once, schedule_checkpoints
+    from sprout.ledger.checkpoint_job import checkpoint_once, schedule_checkpoints
     from sprout.ledger.keys import signing_key
 
     settings = settings_for(args)

@@ -52,11 +52,11 @@ def settings_for(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def add_provider_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and the carbon provider's options (``carbon now``, ``poll``)."""
-    from sprout.config import CARBON_PROVIDERS
+    from sprout.plugins import CARBON_PROVIDERS
 
     add_config_option(parser)
     parser.add_argument(
-        "--provider", choices=CARBON_PROVIDERS, help="carbon provider (default: the setting)"
+        "--provider", choices=CARBON_PROVIDERS.names, help="carbon provider (default: the setting)"
     )
     parser.add_argument("--zone", metavar="Z", help="grid zone, e.g. DE, CAISO_NORTH, GB")
     parser.add_argument("--base-url", metavar="URL", help="the provider's API root (a mirror)")

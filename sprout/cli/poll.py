@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``poll`` to the ``sprout`` sub-parsers."""
-    from sprout.config import CARBON_PROVIDERS
+    from sprout.plugins import CARBON_PROVIDERS
 
     poll = subparsers.add_parser(
         "poll",
@@ -33,7 +33,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_provider_options(poll)
     poll.add_argument("--db", metavar="URL", help="ledger SQLAlchemy URL ($SPROUT_DB_URL)")
     poll.add_argument(
-        "--fallback-provider", choices=CARBON_PROVIDERS, help="provider asked when the first fails"
+        "--fallback-provider",
+        choices=CARBON_PROVIDERS.names,
+        help="provider asked when the first fails",
     )
     poll.add_argument("--fallback-zone", metavar="Z", help="zone for the fallback provider")
     poll.add_argument(

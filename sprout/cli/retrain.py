@@ -2,7 +2,7 @@
 
 Wired into the main parser by :func:`register` (see ``sprout.cli.app.SUBCOMMAND_MODULES``).
 Trains on the ledger's judged requests (``--data``, see
-:func:`sprout.policy.retrain.choose_sources`): beside the bundled recorded workloads while
+:func:`sprout.training.sources.choose_sources`): beside the bundled recorded workloads while
 the ledger holds few verdicts, alone once it holds enough, the bundled data alone on a fresh
 install; evaluates on a held-out split (``--split-seed``, ``--held-out``); stores the model
 with its metrics in the ledger, where running controllers pick it up (``policy_refresh_s``).
@@ -20,7 +20,7 @@ from typing import Any
 from sprout.cli.options import add_settings_options, parse_time_option, settings_for, write_json
 from sprout.policy.base import DATA_CHOICES, MIN_LEDGER_EXAMPLES
 
-log = logging.getLogger("sprout.policy.retrain")
+log = logging.getLogger("sprout.training")
 
 
 def _summary(result: Any) -> str:
@@ -53,7 +53,7 @@ def _summary(result: Any) -> str:
 def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
     from sprout.accounting import embodied_rate_g_per_s
     from sprout.factory import build_ledger
-    from sprout.policy.retrain import retrain
+    from sprout.training.retrain import retrain
 
     # Read for its verdicts unless neither reading nor storing is asked for.
     ledger = None if args.no_store and args.data == "bundled" else build_ledger(settings)
@@ -75,7 +75,7 @@ def _retrain_once(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from sprout.policy.retrain import RetrainOptions
+    from sprout.training.sources import RetrainOptions
 
     RetrainOptions(args.data, args.split_seed, args.held_out, args.refit_all)  # validates
     settings = settings_for(args, retrain_cron=args.cron)
@@ -92,8 +92,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace, settings: Any) -> int:
     from sprout.errors import SproutError
-    from sprout.policy.retrain import schedule_retrain
     from sprout.scheduler import create_scheduler, run_blocking
+    from sprout.training.schedule import schedule_retrain
 
     def job() -> None:
         try:

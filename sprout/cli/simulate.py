@@ -33,7 +33,7 @@ def parse_methods(spec: str) -> tuple[str, ...]:
     Raises:
         ConfigError: naming an unknown method and the known ones.
     """
-    from sprout.sim.methods.base import method_class
+    from sprout.sim.methods.registry import method_class
 
     names = tuple(p.strip() for p in spec.split(",") if p.strip())
     if not names:
@@ -215,7 +215,7 @@ def split_for(
     Raises:
         ConfigError: a fraction outside (0, 1], or none left to train a method that must.
     """
-    from sprout.sim.methods.base import method_class
+    from sprout.sim.methods.registry import method_class
     from sprout.sim.workload import PromptSplit
 
     trains = [m for m in methods if getattr(method_class(m), "trains_on_verdicts", False)]

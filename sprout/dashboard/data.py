@@ -26,7 +26,9 @@ from sqlalchemy import Engine
 
 from sprout.dashboard.readonly import open_readonly
 from sprout.errors import ConfigError
-from sprout.ledger.audit import ReportRow, ledger_report, parse_time
+from sprout.judge.report import verdict_report
+from sprout.ledger.audit import ledger_report, parse_time
+from sprout.ledger.audit_report import ReportRow
 from sprout.ledger.migrate import (
     current_revision,
     head_revisions,
@@ -273,7 +275,6 @@ class Dashboard:
             ConfigError: an unknown bucket, an empty window, or too many buckets.
             LedgerError: the database cannot be read.
         """
-        from sprout.judge.report import verdict_report
 
         if bucket not in BUCKETS:
             raise ConfigError(f"bucket {bucket!r}: use one of {', '.join(BUCKETS)}")

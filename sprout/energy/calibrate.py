@@ -14,14 +14,39 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sprout.energy.estimate import EstimateMeter, TokenEnergyModel
 from sprout.errors import MeterError
 
-if TYPE_CHECKING:
-    from sprout.ledger.store import Ledger
-    from sprout.receipt import Receipt
+
+class MeteredRecord(Protocol):
+    """What calibration reads from a receipt (typed structurally: energy sits below the ledger)."""
+
+    @property
+    def engine(self) -> str: ...
+
+    @property
+    def variant(self) -> str | None: ...
+
+    @property
+    def energy_source(self) -> str: ...
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+    @property
+    def energy_kwh(self) -> float: ...
+
+
+class ReceiptSource(Protocol):
+    """A store of receipts, such as :class:`sprout.ledger.store.Ledger`."""
+
+    def receipts(self, since: datetime | None = None) -> Iterable[MeteredRecord]: ...
+
 
 #: Energy sources that count as measurements.
 MEASURED_SOURCES = frozenset({"measured-nvml", "measured-rapl"})
@@ -65,7 +90,7 @@ class Calibration:
 
 
 def calibrate(
-    receipts: Iterable[Receipt], *, min_samples: int = DEFAULT_MIN_SAMPLES
+    receipts: Iterable[MeteredRecord], *, min_samples: int = DEFAULT_MIN_SAMPLES
 ) -> Calibration:
     """Fit one token-energy model per engine and variant from measured ``receipts``.
 
@@ -95,7 +120,7 @@ def calibrate(
 
 
 def calibrate_from_ledger(
-    ledger: Ledger,
+    ledger: ReceiptSource,
     *,
     since: datetime | None = None,
     min_samples: int = DEFAULT_MIN_SAMPLES,

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sprout.energy import nvml, rapl
 from sprout.energy.base import EnergyMeter, EnergySample, Usage
 from sprout.energy.estimate import EstimateMeter
 from sprout.errors import ConfigError, MeterError
+from sprout.plugins import METERS
 
 log = logging.getLogger("sprout.energy")
 
 MeterKind = Literal["auto", "nvml", "rapl", "estimate"]
-METER_KINDS: tuple[str, ...] = ("auto", "nvml", "rapl", "estimate")
 
 
 class FallbackMeter(EnergyMeter):
@@ -110,10 +111,9 @@ def choose_meter(
         ConfigError: an unknown ``kind``.
         MeterError: a forced ``nvml`` or ``rapl`` meter cannot measure here.
     """
-    from sprout.energy import nvml, rapl
 
-    if kind not in METER_KINDS:
-        raise ConfigError(f"meter: unknown kind {kind!r}; choose one of {', '.join(METER_KINDS)}")
+    if kind not in METERS:
+        raise ConfigError(f"meter: unknown kind {kind!r}; choose one of {', '.join(METERS.names)}")
     estimate = estimate or EstimateMeter()
     root = rapl_root or rapl.DEFAULT_ROOT
     if kind == "nvml":

@@ -33,12 +33,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from sprout.chat import ChatRequest
 from sprout.engines.base import Engine, Generation
 from sprout.engines.guards import BabbleGuard, TextGuard
+from sprout.engines.settings import babble_guard, required, variant_models
 from sprout.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
     import torch
 
-INT8 = "int8"
+    from sprout.config import Settings
+
+INT8: Literal["int8"] = "int8"
 
 
 @dataclass(frozen=True)
@@ -328,3 +331,21 @@ def _criteria(
 
         _CRITERIA_CLASS = type("GuardStoppingCriteria", (_GuardCriteria, StoppingCriteria), {})
     return _CRITERIA_CLASS(tokenizer, prompt_len, guard, clock)
+
+
+def from_settings(settings: Settings) -> HFEngine:
+    """``settings.engine_model`` on ``settings.engine_device``, with its int8 variant and any
+    ``engine_variants``.
+
+    Raises:
+        ConfigError: the model is missing, or the variants are malformed.
+    """
+    variants = variant_models(settings)
+    model = required(settings, "engine_model", "engine='hf'")
+    return HFEngine(
+        model,
+        variants={INT8: ModelVariant(model, INT8), **variants},
+        device=settings.engine_device,
+        max_new_tokens=settings.engine_max_new_tokens,
+        guard=babble_guard(settings),
+    )

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -41,7 +41,11 @@ from sprout.chat import ChatRequest
 from sprout.energy.estimate import approx_tokens
 from sprout.engines.base import Engine, Generation
 from sprout.engines.guards import BabbleGuard, TextGuard
+from sprout.engines.settings import babble_guard, required, variant_models
 from sprout.errors import ConfigError, EngineError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 log = logging.getLogger("sprout.engines.openai")
 
@@ -470,3 +474,24 @@ def _sse_data(lines: Iterator[bytes | str]) -> Iterator[str]:
             buffer.append(value[1:] if value.startswith(" ") else value)
     if buffer:
         yield "\n".join(buffer)
+
+
+def from_settings(settings: Settings) -> OpenAIEngine:
+    """The engine at ``settings.engine_base_url`` serving ``settings.engine_model``.
+
+    Raises:
+        ConfigError: the model or base URL is missing, or the variants are malformed.
+    """
+    variants = variant_models(settings)
+    model = required(settings, "engine_model", "engine='openai'")
+    return OpenAIEngine(
+        required(settings, "engine_base_url", "engine='openai'"),
+        model,
+        variant_models=variants,
+        api_key=settings.engine_api_key or None,
+        stream=settings.engine_stream,
+        max_tokens=settings.engine_max_new_tokens,
+        guard=babble_guard(settings),
+        timeout_s=settings.engine_timeout_s,
+        max_retries=settings.engine_retries,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sprout.chat import ChatRequest
 from sprout.data import DATASETS, WorkloadRecord, load_responses, load_workload
@@ -18,6 +19,9 @@ from sprout.energy.base import EnergySample
 from sprout.energy.estimate import approx_tokens
 from sprout.engines.base import Engine, Generation
 from sprout.errors import EngineError, UnknownPromptError
+
+if TYPE_CHECKING:
+    from sprout.config import Settings
 
 RECORDED_MODEL = "llama-2-13b-chat"
 VARIANT_MODELS = {None: RECORDED_MODEL, "7b": "llama-2-7b-chat"}
@@ -131,3 +135,8 @@ class ReplayEngine(Engine):
             baseline_energy_kwh=record.energy_kwh.get(baseline_key, record.energy_kwh["L0"]),
             baseline_time_s=record.time_s.get(baseline_key, record.time_s["L0"]),
         )
+
+
+def from_settings(settings: Settings) -> ReplayEngine:
+    """The replay engine (it needs no setting: it answers from the bundled recordings)."""
+    return ReplayEngine()

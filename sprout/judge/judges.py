@@ -20,8 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sprout.chat import ChatRequest, Message
+from sprout.chat import ChatRequest, Message, last_user_content
+from sprout.data import LEVELS, load_workload
 from sprout.energy.base import EnergyMeter, EnergySample, Usage
+from sprout.engines.hf import HFEngine
+from sprout.engines.settings import required
 from sprout.errors import ConfigError
 from sprout.judge.protocol import (
     NO_VERDICT,
@@ -38,6 +41,7 @@ from sprout.judge.protocol import (
     round_robin,
     shuffled_order,
 )
+from sprout.plugins import JUDGES
 
 if TYPE_CHECKING:
     from sprout.config import Settings
@@ -277,7 +281,6 @@ class ReplayJudge(Judge):
     protocol = "listwise"
 
     def __init__(self, records: list[WorkloadRecord] | None = None) -> None:
-        from sprout.data import load_workload
 
         self._records = records if records is not None else load_workload()
         self._by_id = {r.id: r for r in self._records}
@@ -288,12 +291,10 @@ class ReplayJudge(Judge):
     def can_judge(self, directives: Iterable[str]) -> frozenset[str]:
         """Only the recorded levels (L0, L1, L2): GPT-4's verdicts were over their answers,
         and there is no verdict to look up for any other directive."""
-        from sprout.data import LEVELS
 
         return frozenset(directives) & frozenset(LEVELS)
 
     def limitation(self, directives: Iterable[str]) -> str:
-        from sprout.data import LEVELS
 
         return (
             f"the replay judge only has GPT-4's recorded verdicts over {', '.join(LEVELS)}; "
@@ -301,8 +302,6 @@ class ReplayJudge(Judge):
         )
 
     def judge(self, item: JudgeItem, meter: EnergyMeter | None = None) -> JudgeResult:
-        from sprout.chat import last_user_content
-        from sprout.data import LEVELS
 
         record = self._by_id.get(item.prompt_id or "")
         if record is None:
@@ -327,48 +326,62 @@ def _no_verdict(reason: str, **detail: Any) -> JudgeResult:
 
 
 def build_judge(settings: Settings) -> Judge:
-    """The judge ``settings.judge_engine`` names: ``replay``, ``openai`` or ``hf``.
+    """The judge ``settings.judge_engine`` names (see :data:`sprout.plugins.JUDGES`).
 
     Raises:
         ConfigError: a setting the judge needs is missing or malformed (naming it).
     """
-    if settings.judge_engine == "replay":
-        return ReplayJudge()
-    if not settings.judge_model:
-        raise ConfigError(
-            f"setting judge_model: required for judge_engine={settings.judge_engine!r}"
-        )
-    engine: Engine
-    if settings.judge_engine == "openai":
-        from sprout.engines.openai_compat import OpenAIEngine
+    judge: Judge = JUDGES.build(settings.judge_engine, settings)
+    return judge
 
-        if not settings.judge_base_url:
-            raise ConfigError("setting judge_base_url: required for judge_engine='openai'")
-        engine = OpenAIEngine(
-            settings.judge_base_url,
-            settings.judge_model,
-            api_key=settings.judge_api_key or None,
-            max_tokens=settings.judge_max_new_tokens,
-            timeout_s=settings.engine_timeout_s,
-            max_retries=settings.engine_retries,
-        )
-    elif settings.judge_engine == "hf":
-        from sprout.engines.hf import HFEngine
 
-        engine = HFEngine(
-            settings.judge_model,
-            variants={},
-            device=settings.engine_device,
-            max_new_tokens=settings.judge_max_new_tokens,
-        )
-    else:
-        raise ConfigError(f"setting judge_engine: unknown judge engine {settings.judge_engine!r}")
+def replay_judge(settings: Settings) -> ReplayJudge:
+    """GPT-4's recorded verdicts on the bundled prompts (no setting needed)."""
+    return ReplayJudge()
+
+
+def _llm_judge(settings: Settings, engine: Engine) -> LLMJudge:
     return LLMJudge(
         engine,
         protocol=settings.judge_protocol,
         max_new_tokens=settings.judge_max_new_tokens,
         owns_engine=True,
     )
+
+
+def openai_judge(settings: Settings) -> LLMJudge:
+    """``settings.judge_model`` behind the OpenAI-compatible API at ``judge_base_url``.
+
+    Raises:
+        ConfigError: the model or the base URL is missing.
+    """
+    from sprout.engines.openai_compat import OpenAIEngine
+
+    model = required(settings, "judge_model", "judge_engine='openai'")
+    engine = OpenAIEngine(
+        required(settings, "judge_base_url", "judge_engine='openai'"),
+        model,
+        api_key=settings.judge_api_key or None,
+        max_tokens=settings.judge_max_new_tokens,
+        timeout_s=settings.engine_timeout_s,
+        max_retries=settings.engine_retries,
+    )
+    return _llm_judge(settings, engine)
+
+
+def hf_judge(settings: Settings) -> LLMJudge:
+    """The local transformers model at ``settings.judge_model``.
+
+    Raises:
+        ConfigError: the model is missing.
+    """
+    engine = HFEngine(
+        required(settings, "judge_model", "judge_engine='hf'"),
+        variants={},
+        device=settings.engine_device,
+        max_new_tokens=settings.judge_max_new_tokens,
+    )
+    return _llm_judge(settings, engine)
 
 
 __all__ = [

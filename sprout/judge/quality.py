@@ -35,13 +35,14 @@ from datetime import datetime
 
 from sprout.directives import Directive
 from sprout.policy.base import CarbonContext, Decision, Policy
+from sprout.policy.recency import DEFAULT_HALF_LIFE_H, age_weight
 from sprout.policy.stats import LevelStats
 
 #: Decision reason of requests the guard serves at the baseline directive.
 GUARD_REASON = "quality-guard"
-#: Defaults: a week's half-life, the prior worth 100 verdicts, the guard needing 50 (fewer
-#: verdicts are too noisy: a share of ~40% estimated from 50 has a standard error of ~7 points).
-DEFAULT_HALF_LIFE_H = 168.0
+#: Defaults (the half-life is :data:`sprout.policy.recency.DEFAULT_HALF_LIFE_H`, a week): the
+#: prior worth 100 verdicts, the guard needing 50 (fewer verdicts are too noisy: a share of
+#: ~40% estimated from 50 has a standard error of ~7 points).
 DEFAULT_PRIOR_WEIGHT = 100.0
 DEFAULT_MIN_WEIGHT = 50.0
 
@@ -137,13 +138,6 @@ class QualityEstimate:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed quality estimate: {e!r}") from e
-
-
-def age_weight(age_h: float, half_life_h: float) -> float:
-    """``2 ** (-age_h / half_life_h)``; a verdict from the future weighs 1."""
-    if half_life_h <= 0:
-        raise ValueError(f"half_life_h must be > 0, got {half_life_h!r}")
-    return 2.0 ** (-max(0.0, age_h) / half_life_h)
 
 
 def guard_share(preference: float | None, floor: float) -> float:
@@ -292,14 +286,12 @@ def rewrap(old: Policy, new: Policy) -> Policy:
 
 
 __all__ = [
-    "DEFAULT_HALF_LIFE_H",
     "DEFAULT_MIN_WEIGHT",
     "DEFAULT_PRIOR_WEIGHT",
     "GUARD_REASON",
     "Observation",
     "QualityEstimate",
     "QualityGuardPolicy",
-    "age_weight",
     "estimate_quality",
     "guard_share",
     "refreshed_stats",

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sprout.data import default_policy_path
+from sprout.directives import DirectiveSet
 from sprout.errors import ConfigError
+from sprout.policy.base import QUALITY_KIND
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -119,7 +122,6 @@ def verdict_report(
     """
     from sqlalchemy import func, select
 
-    from sprout.directives import DirectiveSet
     from sprout.ledger.audit import ledger_report
     from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
     from sprout.ledger.schema import (
@@ -127,7 +129,6 @@ def verdict_report(
         sampled_prompts_table,
         verdicts_table,
     )
-    from sprout.policy.base import QUALITY_KIND
 
     if since is not None and until is not None and since >= until:
         raise ConfigError(f"the window is empty: since {since} is not before until {until}")
@@ -169,8 +170,6 @@ def verdict_report(
     # Directive order: the estimate's (the directive set's) first, then any others seen.
     order: list[str] = list(version["params"].get("levels", [])) if version else []
     if not order:
-        from sprout.data import default_policy_path
-
         order = list(DirectiveSet.load(default_policy_path()).names)
     rows = {name: DirectiveRow(name) for name in order}
     report = VerdictReport(mask_url(db_url), since, until, [])

@@ -251,7 +251,7 @@ def judge_run_reason(
     forecast: Sequence[tuple[int, float]] = (),
 ) -> str | None:
     """Whether the quality loop's judge job runs now, and why: the live job's rule
-    (:meth:`sprout.judge.job.JudgeJob.tick`), shared with the simulator.
+    (:meth:`sprout.quality_loop.job.JudgeJob.tick`), shared with the simulator.
 
     With nothing queued the hour is only recorded (for local minima), never a run. Else the
     job runs when ``clock`` says the hour is due or when the oldest queued request would

@@ -17,7 +17,7 @@ CONTEXTUAL_KIND = "contextual"
 #: The quality loop's estimate: per-directive quality and the guard's share.
 QUALITY_KIND = "judge-quality"
 
-# The per-request policy's training data (see sprout.policy.retrain.choose_sources). Kept
+# The per-request policy's training data (see sprout.training.sources.choose_sources). Kept
 # here, in a light module, so that the CLI's parser can offer them without importing the
 # model.
 

@@ -25,8 +25,8 @@ _EXPORTS: dict[str, str] = {
     "SimSetup": "sprout.sim.methods.base",
     "Shares": "sprout.sim.methods.base",
     "Assignment": "sprout.sim.methods.base",
-    "register_method": "sprout.sim.methods.base",
-    "method_names": "sprout.sim.methods.base",
+    "register_method": "sprout.sim.methods.registry",
+    "method_names": "sprout.sim.methods.registry",
     "PromptSplit": "sprout.sim.workload",
 }
 

@@ -20,7 +20,8 @@ from sprout.policy.base import DEFAULT_MAX_LOSS
 from sprout.sim.carbon import DEFAULT_HISTORY_HOURS, MODES, CarbonWindow, carbon_window
 from sprout.sim.evaluate import JUDGE_ENERGY_WH, MethodSeries, run_method
 from sprout.sim.loop import LoopConfig
-from sprout.sim.methods.base import SimSetup, create_method, method_class
+from sprout.sim.methods.base import SimSetup
+from sprout.sim.methods.registry import create_method, method_class
 from sprout.sim.metrics import Spread, carbon_saving, normalized_preference
 from sprout.sim.mix import mix_schedule
 from sprout.sim.sampling import N_ENERGY, N_JUDGED, sample_hours

@@ -14,12 +14,12 @@ schedule`` and ``sprout retrain --schedule`` beside it does, through the same fu
   requests);
 - **the margin**: :meth:`ContextualPolicy.learn_verdicts` on the serving version's own
   choices (not the guard's), replacing what it had learnt, as
-  :func:`sprout.judge.training.refresh_margin` does;
-- **retraining**: every ``retrain_every_h`` hours, :func:`sprout.policy.retrain.retrain` on
-  :func:`~sprout.policy.retrain.pick_sources` of the verdicts gathered so far (recency
-  weights and age limit of :class:`~sprout.judge.training.LedgerVerdictSource`) and the
+  :func:`sprout.quality_loop.live.refresh_margin` does;
+- **retraining**: every ``retrain_every_h`` hours, :func:`sprout.training.retrain.retrain` on
+  :func:`~sprout.training.sources.pick_sources` of the verdicts gathered so far (recency
+  weights and age limit of :class:`~sprout.training.verdicts.LedgerVerdictSource`) and the
   training split, with the scheduled job's options; the model goes through its stored form
-  (:func:`~sprout.policy.retrain.policy_from_params`, what the policy watcher loads) and the
+  (:func:`~sprout.training.serving.policy_from_params`, what the policy watcher loads) and the
   guard's share is kept until the next estimate (:func:`sprout.judge.quality.rewrap`).
 
 What differs is storage and the judge: the queue and the verdicts are arrays here, not ledger
@@ -44,10 +44,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from sprout.errors import ConfigError
-from sprout.judge.job import JudgeJobConfig
+from sprout.judge.job_config import JudgeJobConfig
+from sprout.judge.quality import Observation
 from sprout.judge.sampler import RECOMMENDED_JUDGE_SHARE
 from sprout.judge.timing import ForecastEvaluatorClock, judge_run_reason
-from sprout.policy.retrain import RetrainOptions
+from sprout.policy.recency import age_weight
+from sprout.training import retrain as retraining
+from sprout.training.sources import RetrainOptions, TrainingExample, pick_sources
 
 #: Hours between scheduled retrains by default: the product's ``retrain_cron`` is daily.
 DEFAULT_RETRAIN_EVERY_H = 24
@@ -257,7 +260,6 @@ class SimQualityLoop:
     def estimate(self, hour: int) -> Any:
         """The live estimate of the verdicts of the last 8 half-lives at ``hour``'s tick;
         sets the guard's share."""
-        from sprout.judge.quality import Observation
 
         now_h = hour + TICK_MINUTE / 60.0
         cfg = self.config.judge
@@ -287,7 +289,6 @@ class SimQualityLoop:
     ) -> tuple[list[tuple[str, str, str | None, float]], np.ndarray]:
         """``(prompt, served, preferred, weight)`` of the verdicts on ``version``'s own
         choices in the horizon (what the margin learns from), and their rows."""
-        from sprout.judge.quality import age_weight
 
         now_h = hour + TICK_MINUTE / 60.0
         cfg = self.config.judge
@@ -324,11 +325,9 @@ class SimQualityLoop:
         time_s: np.ndarray,
     ) -> list[Any]:
         """The verdicts gathered so far as training examples, as
-        :class:`~sprout.policy.retrain.LedgerSource` yields them from a ledger: the prompt,
+        :class:`~sprout.training.sources.LedgerSource` yields them from a ledger: the prompt,
         the judge's preference, each level's recorded cost, the recency weight; no older
         than the source's age limit (8 half-lives)."""
-        from sprout.judge.quality import age_weight
-        from sprout.policy.retrain import TrainingExample
 
         cfg = self.config.judge
         v = self.verdicts.since(hour - cfg.horizon_h)
@@ -376,11 +375,10 @@ def retrain_policy(
     """The scheduled retrain: sources picked as live, fitted by :func:`retrain` (its margin
     estimated under the policy's bound ``max_loss``), the policy built from the stored form
     by ``build(params)``."""
-    from sprout.policy.retrain import pick_sources, retrain
-
     opts = config.retrain
     sources = pick_sources(opts.data, live, bundled)
-    result = retrain(
+    # Called through its module, the one the scheduled job uses, so a test can watch it.
+    result = retraining.retrain(
         None,
         sources=sources,
         levels=levels,

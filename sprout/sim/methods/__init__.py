@@ -1,1 +1,1 @@
-"""Simulated methods: the interface and registry (``base``) and the built-ins."""
+"""Simulated methods: the interface (``base``), the built-ins and their registry (``registry``)."""

@@ -22,7 +22,6 @@ import numpy as np
 from sprout.accounting import carbon_g
 from sprout.data import LEVELS
 from sprout.directives import DirectiveSet
-from sprout.errors import ConfigError
 from sprout.policy.base import CarbonContext
 from sprout.sim.carbon import CarbonWindow
 from sprout.sim.loop import LoopConfig
@@ -217,45 +216,3 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def decide(self, hour: HourInputs) -> Shares | Assignment:
         """The method's decision for ``hour``."""
-
-
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register_method(factory: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its ``name``."""
-    if not factory.name:
-        raise ValueError(f"{factory.__name__} has no name")
-    _REGISTRY[factory.name] = factory
-    return factory
-
-
-def _load_builtins() -> None:
-    # Importing registers them; done on first use, not at import of this module.
-    from sprout.sim.methods import builtin  # noqa: F401
-
-
-def method_names() -> tuple[str, ...]:
-    """Names of the registered methods, in registration order."""
-    _load_builtins()
-    return tuple(_REGISTRY)
-
-
-def method_class(name: str) -> type[Method]:
-    """The method class registered as ``name``.
-
-    Raises:
-        ConfigError: naming the known methods, for an unknown name.
-    """
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}"
-        ) from None
-
-
-def create_method(name: str) -> Method:
-    """A fresh instance of the method registered as ``name``."""
-    return method_class(name)()

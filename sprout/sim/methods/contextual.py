@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sprout.data import LEVELS
+from sprout.data import DATASETS, LEVELS, load_workload
 from sprout.errors import ConfigError
 from sprout.policy.base import DEFAULT_MAX_LOSS
 from sprout.policy.contextual import ContextualModel, ContextualPolicy, LevelPrediction, fit_model
@@ -48,10 +48,11 @@ from sprout.sim.methods.base import (
     HourInputs,
     Method,
     SimSetup,
-    register_method,
     verdict_code,
 )
 from sprout.sim.workload import PromptSplit, WorkloadArrays
+from sprout.training.sources import TrainingExample
+from sprout.training.versions import prior_quality
 
 #: Training prompts whose predictions seed the multiplier before the first hour.
 REFERENCE_PROMPTS = 1000
@@ -60,7 +61,6 @@ REFERENCE_PROMPTS = 1000
 @functools.lru_cache(maxsize=2)
 def _texts(ids: tuple[str, ...]) -> tuple[str, ...]:
     """The prompt text of each workload row (bundled prompts, by id)."""
-    from sprout.data import DATASETS, load_workload
 
     by_id = {r.id: r.instruction for r in load_workload(DATASETS)}
     missing = [i for i in ids if i not in by_id]
@@ -156,7 +156,6 @@ def _train(
     return model, report.as_dict(), _predict_evaluated(model, workload, split), reference
 
 
-@register_method
 class Contextual(Method):
     """Per-request directives from the prompt text; no quality lost on average."""
 
@@ -192,8 +191,6 @@ class Contextual(Method):
         self.loop: SimQualityLoop | None = None
         if self.use_margin and setup.loop.judge_share > 0:
             from dataclasses import replace
-
-            from sprout.judge.job import prior_quality
 
             floor = setup.loop.guard_floor
             if floor is None:
@@ -246,8 +243,7 @@ class Contextual(Method):
             mine = LevelPrediction(
                 prediction.pref[own], prediction.energy_kwh[own], prediction.time_s[own]
             )
-            level[own] = self.policy.choose(mine, hour.carbon)
-            self.policy.observe(mine, level[own])
+            level[own] = self.policy.decide_batch(mine, hour.carbon)
         if self.loop is not None:
             self.loop.offer(hour.hour, rows, level, forced, self.version)
         return Assignment(level)
@@ -268,7 +264,7 @@ class Contextual(Method):
             bundled = ExampleSource("bundled", _bundled_examples(w, setup.split, self._levels))
 
             def build(params: dict[str, Any]) -> ContextualPolicy:
-                from sprout.policy.retrain import policy_from_params
+                from sprout.training.serving import policy_from_params
 
                 return policy_from_params(
                     params,
@@ -323,7 +319,6 @@ _BUNDLED: dict[tuple[Any, ...], tuple[WorkloadArrays, tuple[Any, ...]]] = {}
 def _bundled_cached(
     workload: WorkloadArrays, split: PromptSplit, levels: tuple[str, ...]
 ) -> tuple[Any, ...]:
-    from sprout.policy.retrain import TrainingExample
 
     key = (id(workload), split, levels)
     hit = _BUNDLED.get(key)
@@ -369,7 +364,6 @@ def _predict_evaluated(
     return LevelPrediction(*full)
 
 
-@register_method
 class ContextualLP(Contextual):
     """The per-request policy held to Sprout's floor exactly (no margin)."""
 

@@ -28,7 +28,6 @@ from sprout.sim.methods.base import (
     Method,
     Shares,
     SimSetup,
-    register_method,
     verdict_code,
 )
 
@@ -93,7 +92,6 @@ _MODELS = DirectiveSet(
 )
 
 
-@register_method
 class ModelOpt(_LPMethod):
     """The LP over two model sizes at L0, mix rounded to tenths."""
 
@@ -118,7 +116,6 @@ class ModelOpt(_LPMethod):
         return Shares(np.array([1.0 - small, small]))
 
 
-@register_method
 class Static(_LPMethod):
     """One mix for the whole window."""
 
@@ -153,7 +150,6 @@ class Static(_LPMethod):
         return Shares(self._x)
 
 
-@register_method
 class Sprout(_LPMethod):
     """Sprout: the LP every hour with the quality estimate of the last evaluator run."""
 
@@ -177,7 +173,6 @@ class Sprout(_LPMethod):
         return Shares(x)
 
 
-@register_method
 class Oracle(_LPMethod):
     """The LP every hour with the hour's true quality."""
 

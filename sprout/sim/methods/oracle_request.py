@@ -22,7 +22,6 @@ from sprout.sim.methods.base import (
     HourInputs,
     Method,
     SimSetup,
-    register_method,
     verdict_code,
 )
 
@@ -71,7 +70,6 @@ def required_count(floor: float, prompts: int) -> int:
     return max(0, math.ceil(floor * prompts - 1e-9))
 
 
-@register_method
 class OracleRequest(Method):
     """The per-request optimum under the hour's quality floor, knowing every verdict."""
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from sprout.accounting import carbon_g
-from sprout.sim.methods.base import HourInputs, Method, Shares, SimSetup, register_method
+from sprout.sim.methods.base import HourInputs, Method, Shares, SimSetup
 
 
-@register_method
 class Base(Method):
     """Always the baseline directive (L0): the yardstick of every saving."""
 
@@ -25,7 +24,6 @@ class Base(Method):
         return Shares(self._x)
 
 
-@register_method
 class Co2Opt(Method):
     """Every request at the level with the least carbon per request this hour (L2)."""
 

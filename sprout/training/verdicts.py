@@ -9,6 +9,10 @@ estimates do, so that a retrain follows the live workload.
 
 Privacy: only prompts still kept are used. A prompt pruned at the end of its retention
 period takes its example with it; retrain within ``prompt_retention_days`` of judging.
+
+The live controller's margin is revised from these examples by
+:func:`sprout.quality_loop.live.refresh_margin`; retraining reads them through
+:class:`sprout.training.sources.LedgerSource`.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sprout.judge.quality import DEFAULT_HALF_LIFE_H, age_weight
+from sprout.data import WorkloadRecord
+from sprout.policy.recency import DEFAULT_HALF_LIFE_H, age_weight
 
 if TYPE_CHECKING:
-    from sprout.controller import Controller
-    from sprout.data import WorkloadRecord
     from sprout.ledger.store import Ledger
 
 #: ``WorkloadRecord.dataset`` of examples taken from the ledger.
@@ -78,8 +81,6 @@ def verdict_example(
 ) -> VerdictExample | None:
     """The example of one stored verdict and its kept prompt (pure), or None when the
     prompt is unreadable or a level's cost is missing (an answer that was not generated)."""
-    from sprout.data import WorkloadRecord
-
     text = _prompt_text(prompt)
     costs = (verdict.get("detail") or {}).get("costs") or {}
     if text is None or any(level not in costs for level in levels):
@@ -191,39 +192,10 @@ def margin_verdicts(
     return out
 
 
-def refresh_margin(
-    controller: Controller,
-    now: datetime,
-    half_life_h: float,
-    verdicts: Iterable[Mapping[str, Any]] | None = None,
-) -> int | None:
-    """Revise the safety margin of ``controller``'s contextual policy from the ledger's
-    verdicts on its own choices (recency-weighted, replacing what it had learnt).
-    ``verdicts``: the rows of the last 8 half-lives, when the caller has read them already.
-
-    Returns:
-        the verdicts used, or None when the controller serves no contextual policy.
-
-    Raises:
-        LedgerError: the ledger cannot be read.
-    """
-    from sprout.judge.quality import unwrap
-    from sprout.policy.contextual import ContextualPolicy
-
-    served, version = controller.serving()
-    policy = unwrap(served)
-    if not isinstance(policy, ContextualPolicy) or controller.ledger is None:
-        return None
-    source = LedgerVerdictSource(controller.ledger, policy.model.levels, half_life_h=half_life_h)
-    mine = margin_verdicts(source.examples(now, verdicts), policy.model.levels, version)
-    return policy.learn_verdicts(mine, replace=True)
-
-
 __all__ = [
     "LEDGER_DATASET",
     "LedgerVerdictSource",
     "VerdictExample",
     "margin_verdicts",
-    "refresh_margin",
     "verdict_example",
 ]

@@ -1,44 +1,45 @@
-"""The controller: Sprout's in-process middleware for one chat request.
+"""The :class:`Controller`: one chat request from carbon reading to receipt.
 
 ``Controller.chat`` reads the carbon signal, lets the policy choose a directive, applies
-it, calls the engine, takes an energy sample, writes a receipt to the ledger and returns the
-answer with its receipt. Nothing the ledger or the carbon provider does can fail a request:
-the signal falls back, the policy falls back to the baseline directive, the ledger spools.
+it, calls the engine, takes an energy sample, writes a receipt and fans it out (ledger,
+listeners, the quality loop's sampler: :mod:`sprout.controller.sinks`). Nothing the ledger
+or the carbon provider does can fail a request: the signal falls back, the policy falls back
+to the baseline directive, the ledger spools.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
-import queue
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from sprout.accounting import embodied_rate_g_per_s, request_carbon
+from sprout.accounting import embodied_rate_g_per_s
 from sprout.carbon.base import utcnow
 from sprout.chat import ChatRequest, Message, parse_messages
+from sprout.controller.receipts import (
+    build_receipt,
+    interrupted_generation,
+    outcome_of,
+    split_prefill,
+)
+from sprout.controller.results import ChatResult, PendingChat, StreamClosed
+from sprout.controller.sinks import LedgerSink, ListenerSink, ReceiptSink, SamplerSink, fan_out
+from sprout.controller.stream import ChatStream, StreamSink, StreamTap, start_stream, tap_request
 from sprout.directives import DirectiveSet
 from sprout.energy.base import EnergyMeter, EnergySample, Usage
-from sprout.energy.estimate import approx_tokens
+from sprout.energy.estimate import EstimateMeter
 from sprout.engines.base import Engine, Generation
-from sprout.engines.guards import (
-    BABBLE_CODE_BLOCK,
-    BABBLE_REPETITION,
-    CONTINUE,
-    BabbleGuard,
-    GuardDecision,
-)
-from sprout.errors import EngineError, SproutError
+from sprout.errors import SproutError
+from sprout.judge.quality import rewrap
 from sprout.policy.base import Decision, Policy
 from sprout.policy.history import CIWindow
-from sprout.receipt import Receipt, metered_receipt
+from sprout.receipt import Receipt
 
 if TYPE_CHECKING:
     from sprout.carbon.signal import CarbonSignal, SignalReading
@@ -46,227 +47,17 @@ if TYPE_CHECKING:
     from sprout.ledger.store import Ledger
 
 
+# The package's one logger, named as before it was split: logging configurations name it.
 log = logging.getLogger("sprout.controller")
 
-
-@dataclass(frozen=True)
-class ChatResult:
-    """The answer to one request, with its receipt.
-
-    ``energy`` is the sample the receipt's energy came from, with its prefill/decode split
-    when the engine reported the first token's time.
-    """
-
-    text: str
-    receipt: Receipt
-    generation: Generation
-    energy: EnergySample | None = None
-
-
-def _split_prefill(energy: EnergySample, generation: Generation) -> EnergySample:
-    """``energy`` split into prefill and decode by the first token's time, if not yet split.
-
-    Meters that see the window split it themselves; for the others the power is taken to
-    be even over the generation.
-    """
-    first = generation.first_token_s
-    if energy.prefill_kwh is not None or first is None or generation.latency_s <= 0:
-        return energy
-    prefill_kwh = energy.energy_kwh * min(1.0, max(0.0, first / generation.latency_s))
-    return replace(energy, prefill_kwh=prefill_kwh, decode_kwh=energy.energy_kwh - prefill_kwh)
-
-
-@dataclass(frozen=True)
-class PendingChat:
-    """A request whose directive is chosen, awaiting its generation (see
-    :meth:`Controller.begin`).
-
-    Attributes:
-        request_id: the receipt's id.
-        request: the request as the directive shaped it: what to send to the model.
-        decision: the directive and why it was chosen.
-        signal: the carbon reading the decision was made on.
-        tenant, prompt_id: recorded in the receipt.
-        base: the request before the directive shaped it (what the quality loop keeps of a
-            sampled request).
-        policy_version: the stored policy version that chose the directive.
-        started_s: ``time.perf_counter()`` when the directive was chosen (the duration of
-            an interrupted generation is measured from it).
-    """
-
-    request_id: str
-    request: ChatRequest
-    decision: Decision
-    signal: SignalReading
-    tenant: str | None = None
-    prompt_id: str | None = None
-    base: ChatRequest | None = None
-    policy_version: int | None = None
-    started_s: float = 0.0
-
-
-#: Guard rules whose cut ends a generation as ``guard_cut`` (a stop string the app asked for
-#: ends it as ``completed``).
-_GUARD_CUTS = frozenset({BABBLE_CODE_BLOCK, BABBLE_REPETITION})
-#: Chat-template tokens per message, for the input tokens of an interrupted generation.
-_TEMPLATE_TOKENS_PER_MESSAGE = 4
-
-
-def outcome_of(generation: Generation) -> str:
-    """``guard_cut`` when the babbling guard ended ``generation``, else ``completed``."""
-    return "guard_cut" if generation.finish_reason in _GUARD_CUTS else "completed"
-
-
-class StreamClosed(Exception):
-    """Raised by a :class:`StreamSink`'s ``text`` when its consumer went away.
-
-    The generation stops at its next token and its receipt says ``client_closed``.
-    """
-
-
-class StreamSink(Protocol):
-    """Receives a streamed answer from :meth:`Controller.chat` (``stream=``).
-
-    Both methods are called on the thread that runs the engine. ``text`` may raise
-    :class:`StreamClosed` to stop the generation (a client that went away): the engine
-    closes its stream, which servers such as vLLM take as an abort, the receipt of what was
-    generated so far is written (outcome ``client_closed``) and the exception propagates
-    out of ``chat``.
-    """
-
-    def start(self, request_id: str, request: ChatRequest, decision: Decision) -> None:
-        """The directive is chosen and the engine is about to be called."""
-
-    def text(self, delta: str) -> None:
-        """More of the answer, in order; the deltas concatenate to the final text."""
-
-
-@dataclass(frozen=True, eq=False)
-class _StreamTap(BabbleGuard):
-    """Forwards the text an engine generates to a sink as it grows.
-
-    Engines that generate token by token already hand the text so far to their guard's
-    ``check`` after every token (the OpenAI-compatible engine while reading a stream, the
-    transformers engine from its stopping criteria), so riding on that hook streams any of
-    them without a streaming API of their own. The request's own guard still decides
-    (``inner`` and the stop strings); text a stop string may still cut is held back.
-    """
-
-    sink: Callable[[str], None] | None = None
-    inner: BabbleGuard | None = None
-    stop_strings: tuple[str, ...] = ()
-    _sent: list[str] = field(default_factory=list)  # the text forwarded so far, one item
-    _seen: list[float] = field(default_factory=list)  # perf_counter() of the first text
-
-    @property
-    def sent(self) -> str:
-        """The text forwarded to the sink so far."""
-        return self._sent[0] if self._sent else ""
-
-    @property
-    def first_text_at(self) -> float | None:
-        """``time.perf_counter()`` when the engine first produced text, if it has."""
-        return self._seen[0] if self._seen else None
-
-    def check(self, text: str) -> GuardDecision:
-        if text and not self._seen:
-            self._seen.append(time.perf_counter())
-        decision = self.inner.check(text) if self.inner is not None else CONTINUE
-        end = len(text)
-        hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
-        if hits:
-            end = min(hits)
-        elif self.stop_strings:  # the end may be the start of a stop string
-            end -= max(len(s) for s in self.stop_strings) - 1
-        if decision.stop and decision.cut is not None:
-            end = min(end, decision.cut)
-        self.forward(text, max(0, end))
-        return decision
-
-    def forward(self, text: str, end: int) -> None:
-        """Send ``text[:end]`` beyond what was sent already."""
-        sent = self._sent[0] if self._sent else ""
-        shared = min(end, len(sent))
-        if text[:shared] != sent[:shared]:
-            # An engine retried after a dropped stream and the model answered differently:
-            # what the client already has cannot be taken back.
-            raise EngineError(
-                "the stream was restarted by a retry and answered differently; the text "
-                "already sent cannot be corrected"
-            )
-        if end > len(sent) and self.sink is not None:
-            self._sent[:] = [text[:end]]
-            self.sink(text[len(sent) : end])
-
-
-def _tap_request(
-    request: ChatRequest, engine: Engine, sink: Callable[[str], None]
-) -> tuple[ChatRequest, _StreamTap]:
-    """``request`` asking ``engine`` to stream (``extra["stream"]``) through a tap."""
-    own: Any = request.extra.get("babble_guard", getattr(engine, "guard", None))
-    if own is True:
-        own = getattr(engine, "guard", None) or BabbleGuard()
-    inner = own if isinstance(own, BabbleGuard) else None
-    tap = _StreamTap(sink=sink, inner=inner, stop_strings=tuple(s for s in request.stop if s))
-    return replace(request, extra={**request.extra, "stream": True, "babble_guard": tap}), tap
-
-
-class ChatStream(Iterator[str]):
-    """The answer to one request, as text deltas while it is generated.
-
-    Iterate it to the end, then read :attr:`result` (the :class:`ChatResult` with the
-    receipt). :attr:`request_id` and :attr:`directive` are set once the first delta
-    arrives. Closing it early (``close()`` or leaving a ``with`` block) stops the
-    generation at its next token; the receipt of what was generated is still written, with
-    outcome ``client_closed``. Errors of the generation (``EngineError``...) are raised from
-    the iteration.
-    """
-
-    def __init__(self) -> None:
-        self.result: ChatResult | None = None
-        self.request_id: str | None = None
-        self.directive: str | None = None
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._closed = threading.Event()
-        self._finished = False
-
-    # The sink side, called on the generating thread.
-    def start(self, request_id: str, request: ChatRequest, decision: Decision) -> None:
-        self.request_id, self.directive = request_id, decision.directive.name
-
-    def text(self, delta: str) -> None:
-        if self._closed.is_set():
-            raise StreamClosed("the stream's consumer closed it")
-        self._queue.put(("text", delta))
-
-    def _produce(self, run: Callable[[], ChatResult]) -> None:
-        try:
-            self._queue.put(("done", run()))
-        except BaseException as e:  # handed to the consumer, who re-raises it
-            self._queue.put(("error", e))
-
-    # The consumer side.
-    def __next__(self) -> str:
-        if self._finished:
-            raise StopIteration
-        kind, value = self._queue.get()
-        if kind == "text":
-            return str(value)
-        self._finished = True
-        if kind == "error":
-            raise value
-        self.result = value
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop reading; an unfinished generation is stopped at its next token."""
-        self._closed.set()
-
-    def __enter__(self) -> ChatStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+#: The ledger, listener list and sampler that a controller's receipt sinks were built from,
+#: and the sinks.
+_BuiltSinks = tuple[
+    "Ledger | None",
+    "list[Callable[[Receipt], None]] | None",
+    "Sampler | None",
+    tuple[ReceiptSink, ...],
+]
 
 
 class Controller:
@@ -322,14 +113,14 @@ class Controller:
         self._lock = threading.RLock()
         self._closers: list[Callable[[], None]] = []
         self._listeners: list[Callable[[Receipt], None]] = []
+        # (ledger, listeners, sampler, the sinks built from them): see _sinks().
+        self._built_sinks: _BuiltSinks = (None, None, None, ())
         self._seed_history()
 
     @property
     def meter(self) -> EnergyMeter:
         """The energy meter (the estimate meter unless one was given)."""
         if self._meter is None:
-            from sprout.energy.estimate import EstimateMeter
-
             self._meter = EstimateMeter()
         return self._meter
 
@@ -371,8 +162,6 @@ class Controller:
         Returns:
             Whether the swap happened.
         """
-        from sprout.judge.quality import rewrap
-
         with self._lock:
             if replacing is not None and self.policy is not replacing:
                 return False
@@ -469,7 +258,7 @@ class Controller:
         )
         request, tap = pending.request, None
         if stream is not None:
-            request, tap = _tap_request(request, self.engine, stream.text)
+            request, tap = tap_request(request, self.engine, stream.text)
             stream.start(pending.request_id, request, pending.decision)
         try:
             generation = self.engine.generate(request)
@@ -541,25 +330,9 @@ class Controller:
             ),
         )
         # An engine that knows its own energy (a replay's recording) takes precedence.
-        energy = _split_prefill(generation.energy or sample, generation)
-        receipt = self._receipt(
-            pending.request_id,
-            request,
-            pending.decision,
-            generation,
-            energy,
-            pending.signal,
-            pending.tenant,
-            pending.prompt_id,
-            pending.policy_version,
-            outcome_of(generation),
-        )
-        self._record(receipt)
-        if self.sampler is not None and pending.base is not None:
-            try:  # a random draw; a sampled prompt is stored by a background thread
-                self.sampler.offer(receipt, pending.base, generation.text)
-            except Exception as e:  # the quality loop must never fail a request
-                log.error("request %s could not be sampled: %s", pending.request_id, e)
+        energy = split_prefill(generation.energy or sample, generation)
+        receipt = self._receipt(pending, generation, energy, outcome_of(generation))
+        fan_out(self._sinks(), receipt, pending.base, generation.text)
         return ChatResult(generation.text, receipt, generation, energy)
 
     def abort(self, pending: PendingChat) -> None:
@@ -593,16 +366,14 @@ class Controller:
         """
         request = pending.request
         latency_s = max(0.0, time.perf_counter() - pending.started_s)
-        generation = Generation(
+        generation = interrupted_generation(
+            request,
+            outcome,
             text=text,
-            input_tokens=sum(
-                approx_tokens(m.content) + _TEMPLATE_TOKENS_PER_MESSAGE for m in request.messages
-            ),
-            output_tokens=approx_tokens(text) if output_tokens is None else output_tokens,
             latency_s=latency_s,
             model=self._model_name(request),
             first_token_s=first_token_s,
-            finish_reason=outcome,
+            output_tokens=output_tokens,
         )
         sample = self.meter.end(
             pending.request_id,
@@ -614,22 +385,11 @@ class Controller:
                 first_token_s,
             ),
         )
-        receipt = self._receipt(
-            pending.request_id,
-            request,
-            pending.decision,
-            generation,
-            _split_prefill(sample, generation),
-            pending.signal,
-            pending.tenant,
-            pending.prompt_id,
-            pending.policy_version,
-            outcome,
-        )
-        self._record(receipt)
+        receipt = self._receipt(pending, generation, split_prefill(sample, generation), outcome)
+        fan_out(self._sinks(), receipt)  # no base: the quality loop does not sample it
         return receipt
 
-    def _failed(self, pending: PendingChat, tap: _StreamTap | None, error: BaseException) -> None:
+    def _failed(self, pending: PendingChat, tap: StreamTap | None, error: BaseException) -> None:
         """After the engine raised: the receipt of what was spent, or none if nothing was."""
         sent = tap.sent if tap is not None else ""
         closed = isinstance(error, StreamClosed)
@@ -655,18 +415,40 @@ class Controller:
                 return str(model_for(request.variant))
         return str(getattr(self.engine, "model", "") or request.variant or self.engine.name)
 
-    def _record(self, receipt: Receipt) -> None:
-        """Queue ``receipt`` in the ledger and hand it to the listeners."""
-        if self.ledger is not None:
-            try:
-                self.ledger.append(receipt)
-            except Exception as e:  # the ledger must never fail a request
-                log.error("receipt %s could not be queued: %s", receipt.request_id, e)
-        for listener in self._listeners:
-            try:
-                listener(receipt)
-            except Exception as e:  # a metrics sink must never fail a request
-                log.error("receipt listener %r failed: %s", listener, e)
+    def _receipt(
+        self,
+        pending: PendingChat,
+        generation: Generation,
+        energy: EnergySample,
+        outcome: str,
+    ) -> Receipt:
+        """The receipt of ``pending``'s ``generation``, with this controller's figures."""
+        return build_receipt(
+            pending,
+            generation,
+            energy,
+            outcome,
+            baseline=self.directives.baseline.name,
+            engine=self.engine.name,
+            embodied_g_per_s=self.embodied_g_per_s,
+            clock=self._clock,
+        )
+
+    def _sinks(self) -> tuple[ReceiptSink, ...]:
+        """Where a receipt goes now, in order: the ledger, the listeners, the sampler."""
+        # Each may change while the controller serves (``ledger`` and ``sampler`` are plain
+        # attributes; add_listener() replaces the list), so the sinks are rebuilt when one
+        # did; not per receipt, which would cost the request path a microsecond or two.
+        ledger, listeners, sampler = self.ledger, self._listeners, self.sampler
+        built = self._built_sinks
+        if built[0] is not ledger or built[1] is not listeners or built[2] is not sampler:
+            sinks: list[ReceiptSink] = [] if ledger is None else [LedgerSink(ledger)]
+            sinks += [ListenerSink(listener) for listener in listeners]
+            if sampler is not None:
+                sinks.append(SamplerSink(sampler))
+            # One tuple, swapped in whole: a concurrent request reads the old or the new.
+            built = self._built_sinks = (ledger, listeners, sampler, tuple(sinks))
+        return built[3]
 
     def chat_stream(
         self,
@@ -688,65 +470,7 @@ class Controller:
             RequestError: the messages are malformed (raised here, before any generation).
         """
         parse_messages(messages)  # malformed requests fail here, not mid-iteration
-        stream = ChatStream()
-        # The caller's context (its current trace span...) goes along, as asyncio.to_thread's.
-        context = contextvars.copy_context()
-        worker = threading.Thread(
-            target=context.run,
-            args=(stream._produce, lambda: self.chat(messages, stream=stream, **options)),
-            name="sprout-chat-stream",
-            daemon=True,  # bounded by the engine's own timeouts
-        )
-        worker.start()
-        return stream
-
-    def _receipt(
-        self,
-        request_id: str,
-        request: ChatRequest,
-        decision: Decision,
-        generation: Generation,
-        energy: EnergySample,
-        signal: SignalReading,
-        tenant: str | None,
-        prompt_id: str | None,
-        policy_version: int | None = None,
-        outcome: str = "completed",
-    ) -> Receipt:
-        ci = signal.reading.ci_g_per_kwh
-        baseline_kwh = generation.baseline_energy_kwh
-        baseline_time = generation.baseline_time_s
-        baseline_source: str | None = "recorded" if baseline_kwh is not None else None
-        if baseline_kwh is None and decision.directive.name == self.directives.baseline.name:
-            baseline_kwh, baseline_time, baseline_source = (
-                energy.energy_kwh,
-                generation.latency_s,
-                energy.source,
-            )
-        baseline_g = None
-        if baseline_kwh is not None and baseline_time is not None:
-            baseline_g = request_carbon(
-                baseline_kwh, baseline_time, ci, self.embodied_g_per_s
-            ).total_g
-        return metered_receipt(
-            request_id=request_id,
-            created_at=self._clock(),
-            directive=decision.directive.name,
-            decision=decision.reason,
-            engine=self.engine.name,
-            generation=generation,
-            energy=energy,
-            signal=signal,
-            embodied_g_per_s=self.embodied_g_per_s,
-            variant=request.variant,
-            policy_version=policy_version,
-            tenant=tenant,
-            prompt_id=prompt_id,
-            baseline_energy_kwh=baseline_kwh,
-            baseline_g=baseline_g,
-            baseline_source=baseline_source,
-            outcome=outcome,
-        )
+        return start_stream(lambda stream: self.chat(messages, stream=stream, **options))
 
     def close(self) -> None:
         """Stop the carbon poller, flush the ledger and release the engine."""
