@@ -233,7 +233,7 @@ class Settings:
             tenant (the tenant header is taken as sent); "" for none. Secret: kept out of
             ``repr``, never logged. ``server_keys_file`` binds keys to tenants instead.
         server_keys_file: a TOML or JSON file of client keys, each bound to a tenant and
-            stored as its SHA-256 (see :mod:`sprout.server_keys`); "" for none. When either
+            stored as its SHA-256 (see :mod:`sprout.server.keys`); "" for none. When either
             this or ``server_api_key`` is set, clients must send a key.
         server_max_body_bytes: largest request body the proxy reads (larger: HTTP 413).
         server_tenant_header: request header naming the tenant recorded in the receipt.

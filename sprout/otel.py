@@ -13,7 +13,7 @@ for each one, whatever its outcome:
 
 The ``otel`` extra (``opentelemetry-api``) is imported when a sink is made, never by
 ``import sprout``. Exporters are the app's business: the global tracer and meter providers
-are used unless others are given (see the README's *OpenTelemetry* section).
+are used unless others are given (see docs/opentelemetry.md).
 """
 
 from __future__ import annotations

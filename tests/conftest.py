@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from postgres import PostgresServer, PostgresUnavailable
 
+from sprout.config import Settings
 from sprout.data import load_workload
+from tests.support.clock import FakeClock
+from tests.support.postgres import PostgresServer, PostgresUnavailable
+from tests.support.settings import ledger_url, make_settings
 
 # LiteLLM fetches its model price map from the network when imported unless told to use
 # the copy it ships; set before anything imports it (subprocesses inherit it).
@@ -42,31 +45,34 @@ def judged_records():
 @pytest.fixture
 def sqlite_url(tmp_path):
     """URL of a fresh SQLite ledger file."""
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-class FakeClock:
-    """A settable wall clock and matching monotonic clock."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.t = start or datetime(2023, 6, 12, 0, 0, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t.timestamp()
+    return ledger_url(tmp_path)
 
 
 @pytest.fixture
-def clock():
+def clock() -> FakeClock:
+    """A settable clock starting at 2023-06-12 00:00 UTC; its monotonic clock is ``t``'s
+    timestamp (tests/support/clock.py)."""
     return FakeClock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Offline settings over a fresh SQLite ledger in ``tmp_path``: the static carbon provider
+    and the estimate meter (tests/support/settings.py)."""
+    return make_settings(tmp_path, meter="estimate")
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests to 127.0.0.1 must not be sent to a proxy named in the environment."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the session (tests/postgres.py); each test makes its own
-    database. Fails, never skips, when the server cannot start."""
+    """One real PostgreSQL server for the session (tests/support/postgres.py); each test makes
+    its own database. Fails, never skips, when the server cannot start."""
     try:
         server = PostgresServer()
     except PostgresUnavailable as e:

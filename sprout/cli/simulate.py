@@ -170,8 +170,8 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=JUDGE_SHARE_DEFAULT,
         metavar="S",
         help="share of the per-request policy's served requests its quality loop judges "
-        f"(default {JUDGE_SHARE_DEFAULT:g}: the share recommended for production, see the "
-        "README's quality loop; 0: no loop)",
+        f"(default {JUDGE_SHARE_DEFAULT:g}: the share recommended for production, see "
+        "docs/results.md; 0: no loop)",
     )
     p.add_argument(
         "--retrain-every",

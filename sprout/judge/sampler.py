@@ -34,7 +34,7 @@ log = logging.getLogger("sprout.judge")
 
 #: Sampled prompts waiting for the writer thread before new samples are dropped.
 DEFAULT_QUEUE_SIZE = 1000
-#: The share of served requests the README's quality-loop section recommends judging in
+#: The share of served requests the quality-loop docs (docs/quality-loop.md) recommend judging in
 #: production, measured against the loop's own carbon in the simulator.
 RECOMMENDED_JUDGE_SHARE = 0.02
 #: Decision reason of a request that opted out (see :meth:`sprout.controller.Controller.chat`).

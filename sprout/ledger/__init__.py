@@ -12,12 +12,18 @@
   :mod:`~sprout.ledger.verdicts`, :mod:`~sprout.ledger.prompts`;
 - :mod:`~sprout.ledger.chain`: the hash-chain encoding (pure);
 - :mod:`~sprout.ledger.rollup`: hourly rollups maintained on write;
-- :mod:`~sprout.ledger.verify`, :mod:`~sprout.ledger.audit`, :mod:`~sprout.ledger.plot`:
-  integrity checks, reports and plots (``sprout ledger verify|report|plot``);
+- :mod:`~sprout.ledger.verify`, :mod:`~sprout.ledger.chain_walk`: integrity checks
+  (``sprout ledger verify``); :mod:`~sprout.ledger.audit` (the report's queries),
+  :mod:`~sprout.ledger.audit_report` (its rows), :mod:`~sprout.ledger.audit_format` (its
+  formats), :mod:`~sprout.ledger.sci_report` and :mod:`~sprout.ledger.sci_format` (SCI),
+  :mod:`~sprout.ledger.plot`: reports and plots
+  (``sprout ledger report|plot``); :mod:`~sprout.ledger.connection`: one connection for a
+  read-only command;
 - :mod:`~sprout.ledger.locks`: cluster-wide job locks; :mod:`~sprout.ledger.retention`:
   pruning of sampled prompts (``sprout ledger prune``);
 - :mod:`~sprout.ledger.checkpoint` (pure), :mod:`~sprout.ledger.keys`,
-  :mod:`~sprout.ledger.attest`: signed checkpoints of the chains (``sprout ledger
+  :mod:`~sprout.ledger.attest`, :mod:`~sprout.ledger.checkpoint_files`,
+  :mod:`~sprout.ledger.checkpoint_job`: signed checkpoints of the chains (``sprout ledger
   keygen|checkpoint``, ``verify --checkpoint``); :mod:`~sprout.ledger.pending`: receipts
   waiting in the spool or journals (``verify``, ``sprout ledger recover``).
 

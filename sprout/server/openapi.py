@@ -5,7 +5,7 @@ parameters, request body and responses are written here and put into the generat
 document by :func:`finish_openapi`. The request body schema mirrors
 :func:`sprout.server.openai.parse_chat_call` rule for rule (a body the schema allows is
 accepted, one it refuses gets a 4xx), and every status a route can answer is listed with its
-content type; ``tests/test_server_schema.py`` checks both with schemathesis.
+content type; ``tests/unit/server/test_schema.py`` checks both with schemathesis.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Trace-driven evaluation of policies: the Sprout paper's protocol (see the README).
+"""Trace-driven evaluation of policies: the Sprout paper's protocol (see docs/results.md).
 
 Modules, one job each: ``workload`` (bundled prompts as arrays, the evaluated split),
 ``mix`` (the shifting workload mix), ``scenario`` (``--family-share``, ``--unseen``),

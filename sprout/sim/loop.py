@@ -10,7 +10,7 @@ schedule`` and ``sprout retrain --schedule`` beside it does, through the same fu
   deadline); it judges at most ``batch_size`` of the oldest queued requests per run;
 - **estimates and the guard**: :meth:`JudgeJobConfig.estimate` over the verdicts of the last
   8 half-lives, handed to the policy by
-  :func:`sprout.judge.job.policy_with_estimate` (the quality guard's share of baseline
+  :func:`sprout.quality_loop.live.policy_with_estimate` (the quality guard's share of baseline
   requests);
 - **the margin**: :meth:`ContextualPolicy.learn_verdicts` on the serving version's own
   choices (not the guard's), replacing what it had learnt, as
