@@ -28,8 +28,8 @@ from sprout.ledger.audit_report import (
 )
 from sprout.ledger.connection import ledger_connection
 from sprout.ledger.migrate import mask_url
-from sprout.ledger.rollup import SUM_NAMES, SUMS, key_exprs
-from sprout.ledger.schema import ROLLUP_KEYS, UTCDateTime, receipts_table, verdicts_table
+from sprout.ledger.rollup import ROLLUP_KEYS, SUM_NAMES, SUMS, key_exprs
+from sprout.ledger.schema import UTCDateTime, receipts_table, verdicts_table
 
 _HOUR = timedelta(hours=1)
 

@@ -10,7 +10,20 @@ reaches the database as a bound parameter.
 from __future__ import annotations
 
 from sprout.errors import LedgerError
-from sprout.ledger.schema import ROLLUP_KEYS
+
+#: The key columns of :class:`~sprout.ledger.schema.ReceiptRollupRow` (None is stored as ""
+#: so that keys compare).
+ROLLUP_KEYS: tuple[str, ...] = (
+    "bucket_start",
+    "ci_zone",
+    "directive",
+    "variant",
+    "tenant",
+    "energy_source",
+    "baseline_source",
+    "purpose",
+    "outcome",
+)
 
 #: Summed columns of ``receipt_rollups`` and the aggregate over ``receipts`` that fills each.
 SUMS: tuple[tuple[str, str], ...] = (

@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from sprout.ledger.rollup import ROLLUP_KEYS
+
 #: Constraint and index names are derived, so migrations can name them and stay portable.
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -149,20 +151,6 @@ class LedgerChainRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     receipt_count: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
-
-
-#: The key columns of :class:`ReceiptRollupRow` (None is stored as "" so that keys compare).
-ROLLUP_KEYS: tuple[str, ...] = (
-    "bucket_start",
-    "ci_zone",
-    "directive",
-    "variant",
-    "tenant",
-    "energy_source",
-    "baseline_source",
-    "purpose",
-    "outcome",
-)
 
 
 class ReceiptRollupRow(Base):
@@ -284,7 +272,6 @@ sampled_prompts_table: Table = metadata.tables["sampled_prompts"]
 
 __all__ = [
     "NAMING_CONVENTION",
-    "ROLLUP_KEYS",
     "Base",
     "CarbonReadingRow",
     "LedgerChainRow",

@@ -9,9 +9,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, delete, select, text, update
 
 from sprout.ledger.chain import GENESIS_HASH, encoding
-from sprout.ledger.rollup import SUM_NAMES, aggregate_sql
+from sprout.ledger.rollup import ROLLUP_KEYS, SUM_NAMES, aggregate_sql
 from sprout.ledger.schema import (
-    ROLLUP_KEYS,
     ledger_chains_table,
     receipt_rollups_table,
     receipts_table,

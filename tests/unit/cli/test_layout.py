@@ -113,7 +113,7 @@ def test_the_scan_finds_an_import() -> None:
 def test_building_the_parser_imports_nothing_heavy() -> None:
     code = (
         "import sys; from sprout.cli import build_parser; build_parser(); "
-        "heavy = ['numpy', 'fastapi', 'uvicorn', 'apscheduler', 'torch', 'sklearn']; "
+        "heavy = ['numpy', 'fastapi', 'uvicorn', 'apscheduler', 'torch', 'sklearn', 'sqlalchemy']; "
         "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run(
