@@ -4,9 +4,9 @@
 - :mod:`~sprout.ledger.migrate`: engines and Alembic migrations;
 - :mod:`~sprout.ledger.store`: :class:`~sprout.ledger.store.Ledger`, the buffered,
   hash-chaining writer with its spool and durable journal, a facade over
-  :mod:`~sprout.ledger.writer` (the batching writer thread), :mod:`~sprout.ledger.insert`
-  (the chained INSERT), :mod:`~sprout.ledger.spool`, :mod:`~sprout.ledger.journal`,
-  :mod:`~sprout.ledger.rows` (row encoding), :mod:`~sprout.ledger.database` (engine and
+  :mod:`~sprout.ledger._writer` (the batching writer thread), :mod:`~sprout.ledger._insert`
+  (the chained INSERT), :mod:`~sprout.ledger._spool`, :mod:`~sprout.ledger._journal`,
+  :mod:`~sprout.ledger._rows` (row encoding), :mod:`~sprout.ledger._database` (engine and
   transactions) and the table modules :mod:`~sprout.ledger.readings`,
   :mod:`~sprout.ledger.versions`, :mod:`~sprout.ledger.receipts`,
   :mod:`~sprout.ledger.verdicts`, :mod:`~sprout.ledger.prompts`;
@@ -26,6 +26,9 @@
   :mod:`~sprout.ledger.checkpoint_job`: signed checkpoints of the chains (``sprout ledger
   keygen|checkpoint``, ``verify --checkpoint``); :mod:`~sprout.ledger.pending`: receipts
   waiting in the spool or journals (``verify``, ``sprout ledger recover``).
+
+Modules whose names start with ``_`` are the store's implementation, imported only inside
+this package; their names and signatures may change in any release.
 
 Nothing is imported here, so importing a submodule stays cheap.
 """

@@ -1,7 +1,7 @@
 """Receipts waiting outside the database: find them (``verify``) and bring them in (``recover``).
 
 A receipt that is not in the database yet can wait in three places beside the spool path
-(setting ``ledger_spool``; default :func:`~sprout.ledger.spool.default_spool_path`):
+(setting ``ledger_spool``; default :func:`~sprout.ledger._spool.default_spool_path`):
 
 - the **spool** (``<spool>``), where batches go while the database is unusable; the running
   ledger replays it, and so does the next one to start beside it;
@@ -31,9 +31,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from sprout.ledger._spool import default_spool_path, rejected_path_for
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors
 from sprout.ledger.schema import receipts_table
-from sprout.ledger.spool import default_spool_path, rejected_path_for
 
 try:
     import fcntl

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 
 from sprout.errors import LedgerError
-from sprout.ledger.database import LedgerDatabase, insert_ignoring
-from sprout.ledger.rows import canonical_json
+from sprout.ledger._database import LedgerDatabase, insert_ignoring
+from sprout.ledger._rows import canonical_json
 from sprout.ledger.schema import sampled_prompts_table, verdicts_table
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Insert, select
 
-from sprout.ledger.database import LedgerDatabase, insert_ignoring
+from sprout.ledger._database import LedgerDatabase, insert_ignoring
 from sprout.ledger.schema import carbon_readings_table
 from sprout.readings import CarbonReading
 

@@ -1,4 +1,4 @@
-"""Reading the ``receipts`` table (they are written by :mod:`sprout.ledger.insert`)."""
+"""Reading the ``receipts`` table (they are written by :mod:`sprout.ledger._insert`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from sprout.ledger.database import LedgerDatabase
-from sprout.ledger.rows import RECEIPT_FIELDS
+from sprout.ledger._database import LedgerDatabase
+from sprout.ledger._rows import RECEIPT_FIELDS
 from sprout.ledger.schema import receipts_table
 from sprout.receipt import Receipt
 

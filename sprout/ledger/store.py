@@ -2,25 +2,25 @@
 
 :class:`Ledger` is a facade; each job lives in its own module:
 
-- :mod:`~sprout.ledger.writer`: :meth:`Ledger.append` only puts the receipt on an in-memory
+- :mod:`~sprout.ledger._writer`: :meth:`Ledger.append` only puts the receipt on an in-memory
   queue, so a request never waits for (or fails because of) the database; a daemon thread
   commits the queue in batches;
-- :mod:`~sprout.ledger.insert`: each batch is validated, chained (every ledger instance
+- :mod:`~sprout.ledger._insert`: each batch is validated, chained (every ledger instance
   writes its own hash chain, see :mod:`sprout.ledger.chain`), inserted, folded into the
   hourly rollups and recorded in the chain's head, all in one transaction; chain positions
   are assigned inside it, so a batch that fails takes no position and a receipt replayed
   later (or twice) chains like any other;
-- :mod:`~sprout.ledger.spool`: a batch that cannot be committed is appended to a JSON-lines
+- :mod:`~sprout.ledger._spool`: a batch that cannot be committed is appended to a JSON-lines
   spool file and fsynced, and replayed later (receipts already stored are skipped: the key
   is ``(created_at, request_id)``); a receipt the database refuses on its own goes to a
   ``*.rejected.jsonl`` file beside it. Nothing is dropped silently;
-- :mod:`~sprout.ledger.journal`: in ``durable`` mode (the default) :meth:`Ledger.append`
+- :mod:`~sprout.ledger._journal`: in ``durable`` mode (the default) :meth:`Ledger.append`
   first appends the receipt to a journal private to this ledger and returns once it is on
   disk (group commit); the journal of a dead process is adopted into the spool by the next
   ledger that starts beside it. In ``buffered`` mode a process killed with SIGKILL loses
   the receipts still in memory, at most those of the last flush interval (plus a batch
   being committed);
-- :mod:`~sprout.ledger.rows`: the receipt row encoding and canonical JSON;
+- :mod:`~sprout.ledger._rows`: the receipt row encoding and canonical JSON;
 - :mod:`~sprout.ledger.readings`, :mod:`~sprout.ledger.versions`,
   :mod:`~sprout.ledger.receipts`, :mod:`~sprout.ledger.verdicts`,
   :mod:`~sprout.ledger.prompts`: the other tables, written and read synchronously.
@@ -42,23 +42,23 @@ from sqlalchemy.engine import Engine as SAEngine
 
 from sprout.errors import ConfigError
 from sprout.ledger import locks, prompts, receipts, verdicts, versions
-from sprout.ledger.chain import new_chain_id
-from sprout.ledger.database import open_database
-from sprout.ledger.insert import ChainedInsert
-from sprout.ledger.journal import Journal, journal_path
-from sprout.ledger.migrate import mask_url
-from sprout.ledger.readings import add_readings
-from sprout.ledger.rows import (
+from sprout.ledger._database import open_database
+from sprout.ledger._insert import ChainedInsert
+from sprout.ledger._journal import Journal, journal_path
+from sprout.ledger._rows import (
     RECEIPT_FIELDS,
     Prepared,
     canonical_json,
     make_preparer,
     params_sha256,
 )
-from sprout.ledger.spool import Spool, default_spool_path
+from sprout.ledger._spool import Spool, default_spool_path
+from sprout.ledger._writer import BatchWriter
+from sprout.ledger.chain import new_chain_id
+from sprout.ledger.migrate import mask_url
+from sprout.ledger.readings import add_readings
 from sprout.ledger.verify import VerifyResult, verify
 from sprout.ledger.versions import PolicyVersionRecord
-from sprout.ledger.writer import BatchWriter
 from sprout.readings import CarbonReading
 from sprout.receipt import Receipt
 

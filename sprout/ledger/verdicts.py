@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from sprout.errors import LedgerError
-from sprout.ledger.database import LedgerDatabase
-from sprout.ledger.rows import canonical_json
+from sprout.ledger._database import LedgerDatabase
+from sprout.ledger._rows import canonical_json
 from sprout.ledger.schema import verdicts_table
 from sprout.receipt import Receipt
 

@@ -26,10 +26,10 @@ from typing import Any
 
 from sqlalchemy import Engine, column, select, text
 
+from sprout.ledger._rows import params_sha256
 from sprout.ledger.chain import ENCODINGS, GENESIS_HASH, ChainEncoding
 from sprout.ledger.migrate import create_ledger_engine, ledger_errors, mask_url
 from sprout.ledger.rollup import ROLLUP_KEYS, SUM_NAMES, aggregate_sql
-from sprout.ledger.rows import params_sha256
 from sprout.ledger.schema import (
     UTCDateTime,
     ledger_chains_table,

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from sprout.errors import LedgerError
-from sprout.ledger.database import LedgerDatabase
-from sprout.ledger.rows import canonical_json, params_sha256
+from sprout.ledger._database import LedgerDatabase
+from sprout.ledger._rows import canonical_json, params_sha256
 from sprout.ledger.schema import policy_versions_table
 
 

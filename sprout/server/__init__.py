@@ -9,23 +9,27 @@ streaming: headers for what is known up front, the receipt in the final chunk).
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /healthz`` and ``GET /metrics`` (Prometheus text); their
-OpenAPI document (``/openapi.json``, :mod:`sprout.server.openapi`) states exactly what each
+OpenAPI document (``/openapi.json``, :mod:`sprout.server._openapi`) states exactly what each
 accepts and answers. Errors use OpenAI's shape, ``{"error": {"message", "type", "param",
 "code"}}``: a bad request gets a 4xx naming the problem (never a 5xx), a failed upstream a
 502.
 
 The modules, one job each:
 
-- :mod:`~sprout.server.app`: :func:`create_app`, the FastAPI app and its shared state
-  (:mod:`~sprout.server.state`);
-- :mod:`~sprout.server.routes`: the route handlers; :mod:`~sprout.server.sse`: streamed
+- :mod:`~sprout.server._app`: :func:`create_app`, the FastAPI app and its shared state
+  (:mod:`~sprout.server._state`);
+- :mod:`~sprout.server._routes`: the route handlers; :mod:`~sprout.server._sse`: streamed
   answers;
 - :mod:`~sprout.server.openai`: OpenAI's request and response bodies, mapped to and from
-  Sprout's; :mod:`~sprout.server.errors`: the error answers;
-- :mod:`~sprout.server.auth` and :mod:`~sprout.server.keys`: client keys and tenants;
-- :mod:`~sprout.server.upstream`: the model server behind the proxy;
-- :mod:`~sprout.server.launch` and :mod:`~sprout.server.workers`: running it, in one
+  Sprout's; :mod:`~sprout.server._errors`: the error answers;
+- :mod:`~sprout.server._auth` and :mod:`~sprout.server.keys`: client keys and tenants;
+- :mod:`~sprout.server._upstream`: the model server behind the proxy;
+- :mod:`~sprout.server._launch` and :mod:`~sprout.server.workers`: running it, in one
   process or several.
+
+Modules whose names start with ``_`` are the server's implementation, imported only inside
+this package; an app uses the names below, and a process manager the factory in
+:mod:`~sprout.server.workers`.
 
 The names below load lazily, so that :mod:`sprout.server.keys` (``sprout keys``) and
 :mod:`sprout.server.openai` (the LiteLLM adapter) work without the ``server`` extra; asking
@@ -40,17 +44,17 @@ from typing import TYPE_CHECKING, Any
 from sprout.errors import ConfigError
 
 _EXPORTS: dict[str, str] = {
-    "create_app": "sprout.server.app",
-    "serve": "sprout.server.launch",
-    "ApiError": "sprout.server.errors",
-    "Caller": "sprout.server.auth",
+    "create_app": "sprout.server._app",
+    "serve": "sprout.server._launch",
+    "ApiError": "sprout.server._errors",
+    "Caller": "sprout.server._auth",
     "ChatCall": "sprout.server.openai",
     "parse_chat_call": "sprout.server.openai",
     "receipt_headers": "sprout.server.openai",
     "receipt_json": "sprout.server.openai",
-    "discover_model": "sprout.server.upstream",
-    "served_models": "sprout.server.upstream",
-    "upstream_settings": "sprout.server.upstream",
+    "discover_model": "sprout.server._upstream",
+    "served_models": "sprout.server._upstream",
+    "upstream_settings": "sprout.server._upstream",
 }
 #: Top-level packages of the ``server`` extra (and what they bring).
 _SERVER_EXTRA = frozenset({"fastapi", "starlette", "uvicorn"})
@@ -91,9 +95,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from sprout.server.app import create_app
-    from sprout.server.auth import Caller
-    from sprout.server.errors import ApiError
-    from sprout.server.launch import serve
+    from sprout.server._app import create_app
+    from sprout.server._auth import Caller
+    from sprout.server._errors import ApiError
+    from sprout.server._launch import serve
+    from sprout.server._upstream import discover_model, served_models, upstream_settings
     from sprout.server.openai import ChatCall, parse_chat_call, receipt_headers, receipt_json
-    from sprout.server.upstream import discover_model, served_models, upstream_settings

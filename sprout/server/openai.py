@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from sprout.chat import parse_messages
 from sprout.errors import RequestError
 from sprout.receipt import Receipt
-from sprout.server.errors import ApiError, bad
-from sprout.server.openapi import MAX_STOP_STRINGS, MAX_TOKENS
+from sprout.server._errors import ApiError, bad
+from sprout.server._openapi import MAX_STOP_STRINGS, MAX_TOKENS
 
 if TYPE_CHECKING:
     from sprout.controller import ChatResult

@@ -46,13 +46,13 @@ import uvicorn
 from sprout.config import Settings, load_settings
 from sprout.errors import ConfigError, SproutError
 from sprout.ledger.migrate import ensure_schema, is_sqlite_memory
-from sprout.server.app import create_app
-from sprout.server.upstream import upstream_settings
+from sprout.server._app import create_app
+from sprout.server._upstream import upstream_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-# The proxy's one logger (see sprout.server.errors).
+# The proxy's one logger (see sprout.server._errors).
 log = logging.getLogger("sprout.server")
 
 #: The app factory the workers import (uvicorn's import-string form).

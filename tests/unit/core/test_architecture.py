@@ -153,3 +153,47 @@ def test_cross_references_name_what_exists(where: str) -> None:
         stale += [f"{path.name}: {ref}" for ref in ROLE.findall(text) if not _resolves(ref)]
         stale += [f"{path.name}: {p}" for p in PATH.findall(text) if not (ROOT / p).exists()]
     assert stale == []
+
+
+def _all_imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """Every import in ``path``, function-local and ``TYPE_CHECKING`` ones included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = _target(module, node)
+            found += [(node.lineno, target)]
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _private_owner(target: str) -> str | None:
+    """The package that owns ``target``'s first private module (``a.b._c`` -> ``a.b``)."""
+    parts = target.split(".")
+    for i, part in enumerate(parts):
+        if (
+            part.startswith("_")
+            and not part.startswith("__")
+            and _module_path(".".join(parts[: i + 1]))
+        ):
+            return ".".join(parts[:i])
+    return None
+
+
+def test_private_modules_are_imported_only_inside_their_package() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for lineno, target in _all_imports(path, module):
+            owner = _private_owner(target)
+            if owner is not None and not (module == owner or module.startswith(owner + ".")):
+                offenders.append(f"{path.relative_to(ROOT)}:{lineno} imports {target}")
+    assert offenders == []
+
+
+def test_the_privacy_rule_finds_an_outside_import() -> None:
+    assert _private_owner("sprout.ledger._rows.encode") == "sprout.ledger"
+    assert _private_owner("sprout.ledger.store") is None
+    assert _private_owner("sprout.ledger.__init__") is None

@@ -13,6 +13,8 @@ from sqlalchemy import Column, DateTime, MetaData, Table, create_engine, insert,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sprout.cli import main
+from sprout.ledger._rows import make_preparer as _make_preparer
+from sprout.ledger._rows import prepared_record as _prepared_record
 from sprout.ledger.chain import (
     CURRENT,
     ENCODING_V1,
@@ -28,8 +30,6 @@ from sprout.ledger.chain import (
     row_hash,
 )
 from sprout.ledger.migrate import downgrade, upgrade
-from sprout.ledger.rows import make_preparer as _make_preparer
-from sprout.ledger.rows import prepared_record as _prepared_record
 from sprout.ledger.schema import ledger_chains_table, receipts_table
 from sprout.ledger.store import Ledger
 from sprout.ledger.verify import verify

@@ -254,12 +254,12 @@ def test_api_key_is_required_compared_in_constant_time_and_never_logged(
 ):
     import hmac
 
-    import sprout.server.auth
+    import sprout.server._auth
 
     compared = []
     real = hmac.compare_digest
     monkeypatch.setattr(
-        sprout.server.auth.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b)
+        sprout.server._auth.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b)
     )
     settings = proxy_settings(tmp_path, upstream.url, MODEL, server_api_key=KEY)
     assert KEY not in repr(settings)

@@ -1,7 +1,7 @@
 """The proxy's routes: chat completions, the model list, ``/healthz`` and ``/metrics``,
 and the handlers that turn every failure into an OpenAI-style error.
 
-Each handler finds its app's :class:`~sprout.server.state.ServerState` on
+Each handler finds its app's :class:`~sprout.server._state.ServerState` on
 ``request.app.state.server``. Engine calls block (``requests``), so they run on the app's
 thread pool and concurrent requests do not wait on each other.
 """
@@ -24,13 +24,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from sprout.metrics import CONTENT_TYPE, SproutMetrics
-from sprout.server.errors import ApiError, bad, map_error
+from sprout.server._errors import ApiError, bad, map_error
+from sprout.server._sse import stream_chat
+from sprout.server._state import ServerState
+from sprout.server._upstream import upstream_models
 from sprout.server.openai import completion, dumps, header_list, parse_chat_call, receipt_headers
-from sprout.server.sse import stream_chat
-from sprout.server.state import ServerState
-from sprout.server.upstream import upstream_models
 
-# The proxy's one logger (see sprout.server.errors).
+# The proxy's one logger (see sprout.server._errors).
 log = logging.getLogger("sprout.server")
 
 #: How long an upstream model list is reused.

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sprout.server.errors import ApiError, bad
+from sprout.server._errors import ApiError, bad
+from sprout.server._openapi import OPT_OUT_FALSE, OPT_OUT_TRUE
 from sprout.server.keys import TENANT_MAX_LENGTH, KeyRing, key_digest, valid_tenant
-from sprout.server.openapi import OPT_OUT_FALSE, OPT_OUT_TRUE
 
-# The proxy's one logger (see sprout.server.errors).
+# The proxy's one logger (see sprout.server._errors).
 log = logging.getLogger("sprout.server")
 
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from sprout.config import Settings
     from sprout.controller import Controller
     from sprout.metrics import SproutMetrics
-    from sprout.server.auth import Access
+    from sprout.server._auth import Access
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The journal is private to one :class:`~sprout.ledger.store.Ledger` and truncated once its
 receipts are committed; the journal of a dead process is adopted into the spool by the
-next ledger that starts beside it (:meth:`sprout.ledger.spool.Spool.adopt_orphan_journals`).
+next ledger that starts beside it (:meth:`sprout.ledger._spool.Spool.adopt_orphan_journals`).
 """
 
 from __future__ import annotations

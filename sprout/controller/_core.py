@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from sprout.accounting import embodied_rate_g_per_s
 from sprout.carbon.base import utcnow
 from sprout.chat import ChatRequest, Message, parse_messages
-from sprout.controller.receipts import (
+from sprout.controller._receipts import (
     build_receipt,
     interrupted_generation,
     outcome_of,
     split_prefill,
 )
+from sprout.controller._stream import ChatStream, StreamSink, StreamTap, start_stream, tap_request
 from sprout.controller.results import ChatResult, PendingChat, StreamClosed
 from sprout.controller.sinks import LedgerSink, ListenerSink, ReceiptSink, SamplerSink, fan_out
-from sprout.controller.stream import ChatStream, StreamSink, StreamTap, start_stream, tap_request
 from sprout.directives import DirectiveSet
 from sprout.energy.base import EnergyMeter, EnergySample, Usage
 from sprout.energy.estimate import EstimateMeter

@@ -19,10 +19,10 @@ from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 
 from sprout.errors import LedgerError
+from sprout.ledger._database import LedgerDatabase
+from sprout.ledger._rows import Prepared
 from sprout.ledger.chain import GENESIS_HASH, HASH_VERSION, HASHED_FIELDS, ChainHasher
-from sprout.ledger.database import LedgerDatabase
 from sprout.ledger.rollup import upsert_chain_range_sql
-from sprout.ledger.rows import Prepared
 from sprout.ledger.schema import ledger_chains_table, receipts_table
 
 log = logging.getLogger("sprout.ledger")

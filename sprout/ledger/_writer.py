@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from sprout.ledger.insert import is_row_error
-from sprout.ledger.journal import Journal
+from sprout.ledger._insert import is_row_error
+from sprout.ledger._journal import Journal
+from sprout.ledger._rows import InvalidReceipt, Prepared, json_dict, json_line, prepared_record
+from sprout.ledger._spool import Spool
 from sprout.ledger.migrate import describe_error, mask_url
-from sprout.ledger.rows import InvalidReceipt, Prepared, json_dict, json_line, prepared_record
-from sprout.ledger.spool import Spool
 from sprout.receipt import Receipt
 
 log = logging.getLogger("sprout.ledger")
@@ -42,7 +42,7 @@ _ADOPT_EVERY_S = 30.0
 #: would be walked by every collection while it is long.
 _Item = tuple[Any, "InvalidReceipt | None", int]
 #: Chain and insert prepared receipts: ``(rows, replay) -> inserted``; raises
-#: ``SQLAlchemyError`` (see :meth:`sprout.ledger.insert.ChainedInsert.insert`).
+#: ``SQLAlchemyError`` (see :meth:`sprout.ledger._insert.ChainedInsert.insert`).
 InsertRows = Callable[[Sequence[Prepared], bool], int]
 
 
@@ -66,7 +66,7 @@ class BatchWriter:
         spool: where batches go while the database is unusable.
         journal: the durable journal (None: buffered mode).
         prepare: validates and converts a receipt (see
-            :func:`sprout.ledger.rows.make_preparer`).
+            :func:`sprout.ledger._rows.make_preparer`).
         insert: chains and inserts prepared receipts.
         interval_s: longest time a receipt waits in memory before its batch commits.
         batch_size: receipts per insert; a full batch commits without waiting.

@@ -1,7 +1,7 @@
 """Running the proxy: :func:`serve` picks one uvicorn process or, with
 ``server_workers`` > 1, several (:mod:`sprout.server.workers`).
 
-Apart from :mod:`sprout.server.app` and :mod:`sprout.server.workers` so that both can be
+Apart from :mod:`sprout.server._app` and :mod:`sprout.server.workers` so that both can be
 imported without a loop: the workers build their apps with ``create_app``, and this
 module chooses between the two.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import uvicorn
 
 from sprout.config import Settings
-from sprout.server.app import create_app
+from sprout.server._app import create_app
 from sprout.server.workers import serve_workers
 
 

@@ -17,7 +17,7 @@ from sprout.errors import ConfigError
 if TYPE_CHECKING:
     from sprout.controller import Controller
 
-# The proxy's one logger (see sprout.server.errors).
+# The proxy's one logger (see sprout.server._errors).
 log = logging.getLogger("sprout.server")
 
 

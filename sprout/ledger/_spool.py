@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sprout.errors import LedgerError
+from sprout.ledger._rows import json_line
 from sprout.ledger.migrate import sqlite_file
-from sprout.ledger.rows import json_line
 from sprout.receipt import Receipt
 
 try:  # POSIX: processes sharing a spool file take turns through flock

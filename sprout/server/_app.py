@@ -22,14 +22,14 @@ from sprout.dashboard.data import Dashboard
 from sprout.errors import ConfigError
 from sprout.factory import build_controller
 from sprout.metrics import CONTENT_TYPE, SproutMetrics
-from sprout.server.auth import Access
+from sprout.server._auth import Access
+from sprout.server._openapi import finish_openapi
+from sprout.server._routes import http_error, internal_error, router
+from sprout.server._state import ServerState
+from sprout.server._upstream import served_models, widen_pool
 from sprout.server.keys import KeyRing, key_digest
-from sprout.server.openapi import finish_openapi
-from sprout.server.routes import http_error, internal_error, router
-from sprout.server.state import ServerState
-from sprout.server.upstream import served_models, widen_pool
 
-# The proxy's one logger (see sprout.server.errors).
+# The proxy's one logger (see sprout.server._errors).
 log = logging.getLogger("sprout.server")
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from sprout.controller import StreamClosed
-from sprout.server.errors import map_error
+from sprout.server._errors import map_error
 from sprout.server.openai import (
     ChatCall,
     completion_chunk,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from sprout.chat import ChatRequest
     from sprout.controller import ChatResult
     from sprout.policy.base import Decision
-    from sprout.server.state import ServerState
+    from sprout.server._state import ServerState
 
 
 class _Sink:
