@@ -14,6 +14,22 @@ from sprout.ledger.audit_report import Report, ReportRow
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
 
 
+def table_lines(headers: list[str], body: list[list[str]]) -> list[str]:
+    """An aligned table (the audit's and the SCI report's): the header, a rule, the rows,
+    a rule, and the last row of ``body`` (the total). The first column is left-aligned,
+    the others right-aligned."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = line(["-" * w for w in widths])
+    return [line(headers), rule, *(line(row) for row in body[:-1]), rule, line(body[-1])]
+
+
 def _columns(report: Report) -> list[tuple[str, str, Any]]:
     """(csv name, table header, getter) for every column."""
     cols: list[tuple[str, str, Any]] = [
@@ -70,25 +86,13 @@ def format_table(report: Report) -> str:
     cols = _columns(report)
     body = [[_cell(get(r), name) for name, _, get in cols] for r in [*report.rows, report.totals]]
     headers = [header for _, header, _ in cols]
-    widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
     window = (
         f"{report.since.isoformat() if report.since else 'start'} .. "
         f"{report.until.isoformat() if report.until else 'now'}"
     )
     filters = ", ".join(f"{k}={v!r}" for k, v in sorted(report.filters.items()))
     out = [f"Ledger {report.url}: {window}" + (f" where {filters}" if filters else "")]
-    out.append(line(headers))
-    out.append(line(["-" * w for w in widths]))
-    out += [line(cells) for cells in body[:-1]]
-    out.append(line(["-" * w for w in widths]))
-    out.append(line(body[-1]))
+    out += table_lines(headers, body)
     out += [f"note: {n}" for n in report.notes]
     return "\n".join(out) + "\n"
 
@@ -188,4 +192,5 @@ __all__ = [
     "format_json",
     "format_report",
     "format_table",
+    "table_lines",
 ]

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from sprout.errors import ConfigError
-from sprout.ledger.audit_format import FORMATS
+from sprout.ledger.audit_format import FORMATS, table_lines
 from sprout.ledger.sci_report import FORMULA, FUNCTIONAL_UNIT, STANDARD, SciReport, SciRow
 from sprout.sci import NO_OVERHEAD_PUE
 
@@ -79,17 +79,7 @@ def format_sci_table(rep: SciReport) -> str:
 
     body = [cells(r) for r in [*rep.rows, rep.totals]]
     headers = [h for _, h, _ in cols]
-    widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(headers)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.ljust(w) if i == 0 else v.rjust(w)
-            for i, (v, w) in enumerate(zip(values, widths, strict=True))
-        ).rstrip()
-
-    rule = line(["-" * w for w in widths])
-    out = [*_header(rep), line(headers), rule, *(line(c) for c in body[:-1]), rule]
-    out += [line(body[-1]), *_statements(rep)]
+    out = [*_header(rep), *table_lines(headers, body), *_statements(rep)]
     return "\n".join(out) + "\n"
 
 
