@@ -10,6 +10,7 @@ import ast
 import functools
 import importlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -45,20 +46,28 @@ def _target(module: str, node: ast.Import | ast.ImportFrom) -> str:
     return node.module or ""
 
 
+def _imports(module: str, nodes: Iterable[ast.AST]) -> list[tuple[int, str]]:
+    """``(line, target)`` of the imports among ``nodes``: each module imported, and for a
+    from-import each name too (it may be a submodule)."""
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = _target(module, node)
+            found += [(node.lineno, target)]
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
 @functools.cache
 def _top_level_imports(module: str) -> tuple[str, ...]:
     path = _module_path(module)
     if path is None:
         return ()
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = []
-    for node in tree.body:  # `if TYPE_CHECKING:` blocks are skipped: they never run
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            target = _target(module, node)
-            found.append(target)
-            if isinstance(node, ast.ImportFrom):
-                found += [f"{target}.{alias.name}" for alias in node.names]
-    return tuple(found)
+    # `if TYPE_CHECKING:` blocks are skipped: they never run.
+    return tuple(target for _, target in _imports(module, tree.body))
 
 
 @functools.cache
@@ -157,16 +166,7 @@ def test_cross_references_name_what_exists(where: str) -> None:
 
 def _all_imports(path: Path, module: str) -> list[tuple[int, str]]:
     """Every import in ``path``, function-local and ``TYPE_CHECKING`` ones included."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            target = _target(module, node)
-            found += [(node.lineno, target)]
-            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
-    return found
+    return _imports(module, ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
 
 
 def _private_owner(target: str) -> str | None:
