@@ -11,7 +11,8 @@ graded against the recorded GPT-4 verdicts:
 - on shifted mixes: each family's prompts five times over (about half of the traffic), the
   multiplier refitted on that mix (the policy's causal refit, with perfect hindsight).
 
-Also printed: each family's predicted and recorded chance that the baseline is preferred.
+Also printed: the preference model's held-out log loss, and each family's predicted and
+recorded chance that the baseline is preferred.
 
     python benchmarks/family_calibration.py [--bounds none,0.3,0.2,0.15,0.1] [--ci 300]
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     pref = pred.pref[rows]
     cost = expected_carbon_g(pred.energy_kwh[rows], pred.time_s[rows], args.ci, rate)
 
+    judged = verdict >= 0
+    log_loss = float(-np.log(np.clip(pref[judged, verdict[judged]], 1e-12, None)).mean())
+    print(f"held-out log loss of the preference model: {log_loss:.4f}")
     print("P(baseline preferred), predicted / recorded, held-out prompts:")
     print(
         "  "
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return float(1.0 - cost[idx, k].sum() / cost[idx, 0].sum())
 
     everyone = np.arange(rows.size)
-    bench: dict[str, object] = {"ci_g_per_kwh": args.ci}
+    bench: dict[str, object] = {"ci_g_per_kwh": args.ci, "held_out_log_loss": round(log_loss, 4)}
     print(f"\nCI {args.ci:g} g/kWh; saving % / realised normalized preference %")
     for bound in bounds:
         k = assign(everyone, bound)
