@@ -157,13 +157,21 @@ class TextFeatures:
         return self.n_terms + len(DENSE_FEATURES)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], config: FeatureConfig) -> TextFeatures:
-        """Choose the vocabulary and scalings from training prompts."""
+    def fit(
+        cls,
+        texts: Sequence[str],
+        config: FeatureConfig,
+        terms: Sequence[list[str]] | None = None,
+    ) -> TextFeatures:
+        """Choose the vocabulary and scalings from training prompts (``terms``: their
+        :func:`prompt_terms`, where the caller has them)."""
         if not texts:
             raise ConfigError("contextual model: no training prompts")
+        if terms is None:
+            terms = [prompt_terms(t, config.max_tokens, config.ngram_max) for t in texts]
         df: dict[str, int] = {}
-        for text in texts:
-            for term in set(prompt_terms(text, config.max_tokens, config.ngram_max)):
+        for text_terms in terms:
+            for term in set(text_terms):
                 df[term] = df.get(term, 0) + 1
         kept = sorted((t for t, n in df.items() if n >= config.min_df), key=lambda t: (-df[t], t))
         kept = sorted(kept[: config.max_features])  # sorted: a stable, readable column order
@@ -181,9 +189,12 @@ class TextFeatures:
 
     def vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """One prompt's sparse feature vector: (column indices, values)."""
-        # Plain Python on a few dozen terms: cheaper than numpy's per-call overhead.
         cfg = self.config
-        terms = prompt_terms(text, cfg.max_tokens, cfg.ngram_max)
+        return self._vector(text, prompt_terms(text, cfg.max_tokens, cfg.ngram_max))
+
+    def _vector(self, text: str, terms: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`vector` of a prompt whose terms are known."""
+        # Plain Python on a few dozen terms: cheaper than numpy's per-call overhead.
         # Terms outside the vocabulary count under -1, dropped after: no Python-level filter.
         counts = Counter(map(self.vocabulary.get, terms, itertools.repeat(-1, len(terms))))
         counts.pop(-1, None)
@@ -215,16 +226,22 @@ class TextFeatures:
             self, "_sublinear", [0.0] + [1.0 + math.log(c) for c in range(1, most + 1)]
         )
 
-    def matrix(self, texts: Sequence[str]) -> sparse.csr_matrix:
+    def matrix(
+        self, texts: Sequence[str], terms: Sequence[list[str]] | None = None
+    ) -> sparse.csr_matrix:
         """Feature vectors of many prompts as a sparse matrix (the same values as
-        :meth:`vector`, row by row)."""
+        :meth:`vector`, row by row; ``terms``: their :func:`prompt_terms`, where the
+        caller has them)."""
         from scipy import sparse
 
+        if terms is None:
+            cfg = self.config
+            terms = [prompt_terms(t, cfg.max_tokens, cfg.ngram_max) for t in texts]
         indptr = [0]
         indices: list[np.ndarray] = []
         values: list[np.ndarray] = []
-        for text in texts:
-            idx, val = self.vector(text)
+        for text, text_terms in zip(texts, terms, strict=True):
+            idx, val = self._vector(text, text_terms)
             indices.append(idx)
             values.append(val)
             indptr.append(indptr[-1] + idx.size)

@@ -17,7 +17,7 @@ import numpy as np
 
 from sprout.errors import ConfigError
 from sprout.policy.assign import bounded_cost, choose, expected_carbon_g, multiplier
-from sprout.policy.contextual.features import FeatureConfig, TextFeatures
+from sprout.policy.contextual.features import FeatureConfig, TextFeatures, prompt_terms
 from sprout.policy.contextual.model import (
     Calibration,
     ContextualModel,
@@ -25,6 +25,10 @@ from sprout.policy.contextual.model import (
     fit_calibration,
 )
 
+#: BLAS threads a fit runs on (None: the libraries' own choice). The fits are many small
+#: solves (a few thousand rows and columns), where waking threads costs more than they give:
+#: ``benchmarks/simulate_speed.py`` times a month of the quality loop both ways.
+FIT_BLAS_THREADS: int | None = 1
 #: Carbon intensities the margin is estimated at (gCO2e/kWh): clean, typical, dirty grids.
 MARGIN_CI_G_PER_KWH: tuple[float, ...] = (100.0, 250.0, 450.0)
 
@@ -152,10 +156,42 @@ def fit_model(
     Raises:
         ConfigError: too little data (naming what is missing).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
+        return _fit_model(
+            texts,
+            preferred,
+            energy_kwh,
+            time_s,
+            levels,
+            config=config or FeatureConfig(),
+            embodied_g_per_s=embodied_g_per_s,
+            margin_z=margin_z,
+            weights=weights,
+            info=info,
+            max_loss=max_loss,
+        )
+
+
+def _fit_model(
+    texts: Sequence[str],
+    preferred: np.ndarray,
+    energy_kwh: np.ndarray,
+    time_s: np.ndarray,
+    levels: Sequence[str],
+    *,
+    config: FeatureConfig,
+    embodied_g_per_s: float,
+    margin_z: float,
+    weights: np.ndarray | None,
+    info: Mapping[str, Any] | None,
+    max_loss: float | None,
+) -> tuple[ContextualModel, FitReport]:
+    """:func:`fit_model`'s work, with the BLAS threads already limited."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import StratifiedKFold
 
-    config = config or FeatureConfig()
     k = len(levels)
     preferred = np.asarray(preferred, dtype=np.int64)
     energy_kwh = np.asarray(energy_kwh, dtype=float)
@@ -176,8 +212,10 @@ def fit_model(
             f"contextual model: each level needs at least {config.cv_folds} judged prompts "
             f"preferring it; got {dict(zip(levels, counts.tolist(), strict=False))}"
         )
-    features = TextFeatures.fit(list(texts), config)
-    x = features.matrix(texts)
+    # Tokenised once: the vocabulary and the matrix are read from the same terms.
+    terms = [prompt_terms(t, config.max_tokens, config.ngram_max) for t in texts]
+    features = TextFeatures.fit(list(texts), config, terms)
+    x = features.matrix(texts, terms)
 
     xj, yj, wj = x[judged], preferred[judged], w[judged]
     folds = StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.seed)

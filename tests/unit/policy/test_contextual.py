@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -86,6 +87,34 @@ def test_vector_matches_matrix_rows() -> None:
     idx, val = feats.vector("What is the capital of France?")
     tfidf = val[idx < feats.n_terms]
     assert np.isclose(np.linalg.norm(tfidf), 1.0)  # the text part is L2-normalised
+
+
+def test_terms_given_by_the_caller_give_the_same_features() -> None:
+    texts = ["What is the capital of France?", "Write an essay.\n(A) x\n(B) y", "France?"]
+    cfg = FeatureConfig(min_df=1)
+    terms = [prompt_terms(t, cfg.max_tokens, cfg.ngram_max) for t in texts]
+    feats = TextFeatures.fit(texts, cfg, terms)
+    assert feats.vocabulary == TextFeatures.fit(texts, cfg).vocabulary
+    np.testing.assert_array_equal(
+        feats.matrix(texts, terms).toarray(), feats.matrix(texts).toarray()
+    )
+    with pytest.raises(ValueError):
+        feats.matrix(texts, terms[:2])  # one term list per prompt
+
+
+def test_fits_run_on_the_configured_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sprout.policy.contextual import fit as fit_module
+
+    seen: list[object] = []
+
+    def limits(*, limits: object, user_api: str) -> contextlib.AbstractContextManager[None]:
+        seen.append((limits, user_api))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr("threadpoolctl.threadpool_limits", limits)
+    texts, pref, energy, time = synthetic()
+    fit_model(texts, pref, energy, time, LEVELS, config=FeatureConfig(max_features=200, cv_folds=3))
+    assert seen == [(fit_module.FIT_BLAS_THREADS, "blas")] and fit_module.FIT_BLAS_THREADS == 1
 
 
 def test_model_learns_which_prompts_want_brevity(fitted: tuple) -> None:
