@@ -27,7 +27,7 @@ from sprout.policy.contextual.model import (
 
 #: BLAS threads a fit runs on (None: the libraries' own choice). The fits are many small
 #: solves (a few thousand rows and columns), where waking threads costs more than they give:
-#: ``benchmarks/simulate_speed.py`` times a month of the quality loop both ways.
+#: ``benchmarks/simulate_speed.py`` times two weeks of the quality loop both ways.
 FIT_BLAS_THREADS: int | None = 1
 #: Carbon intensities the margin is estimated at (gCO2e/kWh): clean, typical, dirty grids.
 MARGIN_CI_G_PER_KWH: tuple[float, ...] = (100.0, 250.0, 450.0)
