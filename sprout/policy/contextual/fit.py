@@ -8,10 +8,11 @@ realise (the winner's curse of choosing by predicted preference).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from sprout.policy.contextual.model import (
     calibrated,
     fit_calibration,
 )
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: BLAS threads a fit runs on (None: the libraries' own choice). The fits are many small
 #: solves (a few thousand rows and columns), where waking threads costs more than they give:
@@ -121,6 +125,21 @@ def estimate_margin(
     return max(0.0, gap + z * se), gap, se
 
 
+def _on_fit_blas_threads(fit: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``fit`` run with the BLAS threads limited to :data:`FIT_BLAS_THREADS` (read at each
+    call, so a benchmark can time both settings)."""
+
+    @functools.wraps(fit)
+    def limited(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
+            return fit(*args, **kwargs)
+
+    return limited
+
+
+@_on_fit_blas_threads
 def fit_model(
     texts: Sequence[str],
     preferred: np.ndarray,
@@ -156,42 +175,10 @@ def fit_model(
     Raises:
         ConfigError: too little data (naming what is missing).
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
-        return _fit_model(
-            texts,
-            preferred,
-            energy_kwh,
-            time_s,
-            levels,
-            config=config or FeatureConfig(),
-            embodied_g_per_s=embodied_g_per_s,
-            margin_z=margin_z,
-            weights=weights,
-            info=info,
-            max_loss=max_loss,
-        )
-
-
-def _fit_model(
-    texts: Sequence[str],
-    preferred: np.ndarray,
-    energy_kwh: np.ndarray,
-    time_s: np.ndarray,
-    levels: Sequence[str],
-    *,
-    config: FeatureConfig,
-    embodied_g_per_s: float,
-    margin_z: float,
-    weights: np.ndarray | None,
-    info: Mapping[str, Any] | None,
-    max_loss: float | None,
-) -> tuple[ContextualModel, FitReport]:
-    """:func:`fit_model`'s work, with the BLAS threads already limited."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import StratifiedKFold
 
+    config = config or FeatureConfig()
     k = len(levels)
     preferred = np.asarray(preferred, dtype=np.int64)
     energy_kwh = np.asarray(energy_kwh, dtype=float)
