@@ -36,7 +36,7 @@ from sprout.energy.base import EnergyMeter, EnergySample, Usage
 from sprout.energy.estimate import EstimateMeter
 from sprout.engines.base import Engine, Generation
 from sprout.errors import SproutError
-from sprout.judge.quality import rewrap
+from sprout.judge.quality import rewrap, unwrap
 from sprout.policy.base import Decision, Policy
 from sprout.policy.history import CIWindow
 from sprout.receipt import Receipt
@@ -165,6 +165,8 @@ class Controller:
         with self._lock:
             if replacing is not None and self.policy is not replacing:
                 return False
+            # A retrained version carries on the serving history (e.g. the quality pacing).
+            unwrap(policy).take_over(unwrap(self.policy))
             self.policy = rewrap(self.policy, policy) if keep_guard else policy
             self.policy_version = policy_version
             return True

@@ -89,3 +89,9 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def decide(self, prompt: str, carbon: CarbonContext, rng: random.Random) -> Decision:
         """Choose the directive for ``prompt``."""
+
+    def take_over(self, previous: Policy) -> None:
+        """Carry on from ``previous``, the policy this one replaces in service (a retrained
+        version): whatever state the serving history built that this kind of policy can
+        use. The default keeps nothing."""
+        del previous  # stateless policies carry nothing over

@@ -10,6 +10,7 @@ controller with the one request it serves (:meth:`ContextualPolicy.decide`).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import threading
@@ -171,6 +172,37 @@ class ContextualPolicy(Policy):
             self.observe(reference)
 
     # State ----------------------------------------------------------------------------------
+
+    def take_over(self, previous: Policy) -> None:
+        """Continue the quality pacing of ``previous``, the contextual policy this one
+        replaces (a retrained version): its pacer (the periods' curves and the running
+        deficit), the base multiplier ``nu0`` its grid is scaled by, its recent requests and
+        its open period. A retrain thus neither forgets a shortfall still owed nor restarts
+        the multiplier from the reference prompts, and the floor is met on average over all
+        hours served, not over each version's. The recent predictions are the previous
+        model's until requests replace them. Nothing is taken from another kind of policy,
+        from itself, or from one that has not decided a request yet; the recent window and
+        open period only when the two windows have the same layout.
+        """
+        if previous is self or not isinstance(previous, ContextualPolicy):
+            return
+        with previous._refit_lock:
+            if previous._nu0 is None:
+                return
+            self.pacer = copy.deepcopy(previous.pacer)
+            self._nu0 = previous._nu0
+            if previous._recent.shape == self._recent.shape:
+                self._recent = previous._recent.copy()
+                self._filled, self._next = previous._filled, previous._next
+                self._since_fit = previous._since_fit
+                self._period_floor = previous._period_floor
+                self._period_ci = previous._period_ci
+                self._period_q0 = previous._period_q0
+                self._period_count = previous._period_count
+                self._period_chosen = previous._period_chosen
+                self._period_base = previous._period_base
+        # The next request refits the multiplier on the pacer taken over.
+        self._lam_key = None
 
     def observe(self, prediction: LevelPrediction, level: np.ndarray | int | None = None) -> None:
         """Add predictions of prompts (1-D: one, 2-D: many) to the recent window; with the

@@ -276,6 +276,7 @@ class Contextual(Method):
                     max_loss=setup.policy_max_loss,
                 )
 
+            previous = self.policy
             self.policy = retrain_policy(
                 loop.config,
                 live,
@@ -285,6 +286,8 @@ class Contextual(Method):
                 setup.embodied_g_per_s,
                 setup.policy_max_loss,
             )
+            # As the controller swaps a retrained version in: it carries on the pacing.
+            self.policy.take_over(previous)
             self.version += 1
             self._pred = _predict_evaluated(self.policy.model, w, setup.split)
         judged = loop.tick(hour.hour, hour.carbon.ci_g_per_kwh, hour.carbon.ci_mean)

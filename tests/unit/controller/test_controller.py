@@ -311,6 +311,34 @@ def test_a_swap_derived_from_a_replaced_policy_is_refused(controller):
     assert controller.serving() == (stale, 100)
 
 
+class _Successor(_Baseline):
+    """Records the policy it was asked to take over from."""
+
+    def __init__(self, directives):
+        super().__init__(directives)
+        self.predecessors = []
+
+    def take_over(self, previous):
+        self.predecessors.append(previous)
+
+
+def test_a_swapped_in_policy_takes_over_from_the_one_serving(controller):
+    from sprout.judge.quality import QualityGuardPolicy, unwrap
+
+    first = _Successor(controller.directives)
+    serving, _ = controller.serving()
+    controller.swap_policy(first, 1)
+    assert first.predecessors == [unwrap(serving)]
+    # Inside a quality guard, the policies inside take over from each other.
+    guard = QualityGuardPolicy(first, controller.directives.baseline, 0.5)
+    assert controller.swap_policy(guard, 1, keep_guard=False)
+    assert first.predecessors[-1] is first  # the guard's own swap: the same policy
+    second = _Successor(controller.directives)
+    controller.swap_policy(second, 2)
+    assert second.predecessors == [first]
+    assert isinstance(controller.serving()[0], QualityGuardPolicy)  # the guard kept
+
+
 def test_a_quality_estimate_applies_to_the_policy_swapped_in_meanwhile(controller, monkeypatch):
     from sprout.judge.quality import QualityEstimate, QualityGuardPolicy, unwrap
     from sprout.quality_loop import live as job_module

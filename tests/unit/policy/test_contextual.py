@@ -311,6 +311,69 @@ def test_policy_meets_its_floor_on_average(fitted: tuple) -> None:
     assert (dirty > clean).sum() > (dirty < clean).sum()  # higher level = briefer
 
 
+def _daily_versions(
+    model: ContextualModel, reference: LevelPrediction, traffic: LevelPrediction, carry: bool
+) -> list[float]:
+    """Ten days of hourly batches (the mix shifting every 10 hours), a new version of the
+    policy each day (``carry``: taking over its predecessor's pacing); each hour's expected
+    normalized preference."""
+    rng = np.random.default_rng(1)
+    policy = _policy(model, reference=reference, margin=0.2, window=200)
+    achieved = []
+    for hour in range(240):
+        if hour and hour % 24 == 0:
+            retrained = _policy(model, reference=reference, margin=0.2, window=200)
+            if carry:
+                retrained.take_over(policy)
+            policy = retrained
+        share = 0.7 if (hour // 10) % 2 else 0.3
+        rows = np.where(
+            rng.random(200) < share, rng.integers(500, 1000, 200), rng.integers(0, 500, 200)
+        )
+        ctx = CarbonContext(150.0 + 100 * (hour % 3), 100.0, 400.0, 250.0)
+        p = LevelPrediction(traffic.pref[rows], traffic.energy_kwh[rows], traffic.time_s[rows])
+        level = policy.decide_batch(p, ctx)
+        achieved.append(p.pref[np.arange(200), level].mean() / p.pref[:, 0].mean())
+    return achieved
+
+
+def test_a_retrained_version_carries_on_the_pacing(fitted: tuple) -> None:
+    """Swapped in daily, versions that take over their predecessor's pacing meet the floor
+    over all hours served; fresh ones restart from the reference prompts each day and, with
+    a reference unlike the traffic, miss it day after day."""
+    model, _ = fitted
+    rng = np.random.default_rng(0)
+    full, brief = _kind_predictions(500, False, rng), _kind_predictions(500, True, rng)
+    traffic = LevelPrediction(
+        np.vstack([full.pref, brief.pref]),
+        np.vstack([full.energy_kwh, brief.energy_kwh]),
+        np.vstack([full.time_s, brief.time_s]),
+    )
+    carried = _daily_versions(model, full, traffic, carry=True)
+    fresh = _daily_versions(model, full, traffic, carry=False)
+    assert np.mean(carried) == pytest.approx(1.2, abs=0.04)  # the floor plus margin
+    assert np.mean(fresh) > 1.28  # each day re-learns the multiplier: quality over-bought
+
+    # What is carried: the pacer (a copy), nu0, the recent requests and the open period.
+    before = _policy(model, reference=full, margin=0.2, window=200)
+    for hour in range(5):
+        ctx = CarbonContext(150.0 + 50 * hour, 100.0, 400.0, 250.0)
+        before.decide_batch(
+            LevelPrediction(*(x[:200] for x in (traffic.pref, traffic.energy_kwh, traffic.time_s))),
+            ctx,
+        )
+    after = _policy(model, reference=brief, margin=0.2, window=200)
+    after.take_over(before)
+    assert after.pacer is not before.pacer
+    assert (after.pacer.periods, after.pacer.deficit) == (4, before.pacer.deficit)
+    assert after._nu0 == before._nu0
+    nxt = CarbonContext(390.0, 100.0, 400.0, 250.0)
+    assert after.multiplier(nxt) == pytest.approx(before.multiplier(nxt))
+    assert before.pacer.periods == after.pacer.periods == 5  # each closed its own copy
+    after.take_over(after)  # itself, or a policy of another kind: nothing changes
+    assert after.pacer.periods == 5
+
+
 def test_policy_checks_levels_against_directives(fitted: tuple) -> None:
     model, _ = fitted
     other = DirectiveSet.load(default_policy_path())

@@ -260,11 +260,23 @@ def _count(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[d
 def test_simulation_drives_the_live_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     import sprout.sim.loop
     import sprout.training.retrain
+    from sprout.policy.contextual import ContextualPolicy
 
     retrains = _count(monkeypatch, sprout.training.retrain, "retrain")
     ticks = _count(monkeypatch, sprout.sim.loop, "judge_run_reason")
+    # Each retrained version carries on its predecessor's pacing, as the controller's swap.
+    handovers: list[tuple[int, int]] = []
+    take_over = ContextualPolicy.take_over
+
+    def watched(self: ContextualPolicy, previous: ContextualPolicy) -> None:
+        take_over(self, previous)
+        handovers.append((previous.pacer.periods, self.pacer.periods))
+        assert self.pacer is not previous.pacer
+
+    monkeypatch.setattr(ContextualPolicy, "take_over", watched)
     result = simulate(_sim_config(), workload=small_workload())
     assert len(retrains) == 2  # hours 24 and 48
+    assert len(handovers) == 2 and all(old == new >= 23 for old, new in handovers)
     assert len(ticks) == 49  # one judge tick per hour
     # The retrains read the loop's verdicts as the ledger source (picked by pick_sources).
     for call in retrains:
