@@ -12,7 +12,11 @@ graded against the recorded GPT-4 verdicts:
   multiplier refitted on that mix (the policy's causal refit, with perfect hindsight).
 
 Also printed: the preference model's held-out log loss, and each family's predicted and
-recorded chance that the baseline is preferred.
+recorded chance that the baseline is preferred; and, at the default bound, how much
+evidence the quality loop's margin needs to see each shifted mix's shortfall: the gap
+between expected and realised preference as :class:`~sprout.policy.assign.MarginEstimate`
+measures it from verdicts (every held-out verdict read as one on the policy's own choice),
+its spread per verdict, and the verdicts a standard error of 0.02 takes.
 
     python benchmarks/family_calibration.py [--bounds none,0.3,0.2,0.15,0.1] [--ci 300]
 
@@ -36,8 +40,14 @@ from _bench import emit
 def main(argv: list[str] | None = None) -> int:
     from sprout.accounting import embodied_rate_g_per_s
     from sprout.data import LEVELS
-    from sprout.policy.assign import bounded_cost, choose, expected_carbon_g, multiplier
-    from sprout.policy.base import parse_max_loss
+    from sprout.policy.assign import (
+        MarginEstimate,
+        bounded_cost,
+        choose,
+        expected_carbon_g,
+        multiplier,
+    )
+    from sprout.policy.base import DEFAULT_MAX_LOSS, parse_max_loss
     from sprout.sim.methods.contextual import _preferred_levels, _trained
     from sprout.sim.workload import PromptSplit, bundled_workload
 
@@ -112,6 +122,35 @@ def main(argv: list[str] | None = None) -> int:
             "worst_shifted_pref_pct": round(100 * worst[0], 1),
             "worst_shifted_family": worst[2],
         }
+    # The margin's evidence: what one verdict tells of a mix's shortfall.
+    print(
+        f"\nmax_loss {DEFAULT_MAX_LOSS:g}, each family at ~half the traffic: the margin's evidence"
+    )
+    print("    family: expected / realised preference %, the gap the verdicts measure, its")
+    print("    spread per verdict, and the verdicts a standard error of 0.02 takes")
+    evidence: dict[str, object] = {}
+    for f in workload.datasets:
+        mine = np.flatnonzero(family == f)
+        idx = np.concatenate([np.flatnonzero(family != f)] + [mine] * 5)
+        k = assign(idx, DEFAULT_MAX_LOSS)
+        p = pref[idx]
+        expected = float(p[np.arange(idx.size), k].sum() / p[:, 0].sum())
+        estimate = MarginEstimate(0.0)
+        used = estimate.record(p, k, verdict[idx])
+        measured = estimate.gap()
+        if measured is None:
+            continue
+        gap, se = measured
+        # Each held-out prompt appears five times over: the spread per verdict is what
+        # counts, not the standard error of these repeats.
+        spread = se * used**0.5
+        needed = (spread / 0.02) ** 2
+        print(
+            f"    {f}: {100 * expected:.1f} / {100 * realised(idx, k):.1f}, "
+            f"gap {gap:+.3f}, spread {spread:.2f}: {needed:,.0f} verdicts"
+        )
+        evidence[f] = {"gap": round(gap, 3), "verdicts_for_se_0.02": round(needed)}
+    bench["margin_evidence"] = evidence
     emit(bench)
     return 0
 

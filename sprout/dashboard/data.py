@@ -393,13 +393,13 @@ class Dashboard:
     ) -> dict[str, Any]:
         """Judged quality: the verdict report's figures, with the verdicts that preferred
         the baseline counted per bucket (the report's own verdict query)."""
-        from sprout.ledger.audit import _verdict_rows  # the report's query, reused
+        from sprout.ledger.audit import verdict_rows  # the report's query, reused
 
         baseline = verdicts.rows[0].directive if verdicts.rows else "L0"
         baseline_preferred = 0
         if totals.judged:
             with ledger_errors(self.db_url, "reading verdicts"), self.engine.connect() as conn:
-                for value, _served, preferred in _verdict_rows(conn, bucket, since, until, {}):
+                for value, _served, preferred in verdict_rows(conn, bucket, since, until, {}):
                     if preferred != baseline:
                         continue
                     baseline_preferred += 1

@@ -105,7 +105,7 @@ def ledger_report(
             fold(group_row(groups, group_by, value), energy, baseline, purpose, sums)
         verdicts_recorded = conn.execute(select(verdicts_table.c.id).limit(1)).first()
         if verdicts_recorded is not None:
-            for value, served, preferred in _verdict_rows(conn, group_by, since, until, active):
+            for value, served, preferred in verdict_rows(conn, group_by, since, until, active):
                 row = group_row(groups, group_by, value)
                 if preferred is not None:
                     row.judged += 1
@@ -212,7 +212,7 @@ def _group_rows(
             yield row[0], row[1], row[2], row[3], tuple(row[4:])
 
 
-def _verdict_rows(
+def verdict_rows(
     conn: Any,
     group_by: str,
     since: datetime | None,
@@ -266,4 +266,5 @@ __all__ = [
     "PURPOSES",
     "ledger_report",
     "parse_time",
+    "verdict_rows",
 ]
