@@ -272,6 +272,22 @@ def _kind_predictions(n: int, brief: bool, rng: np.random.Generator) -> LevelPre
     return LevelPrediction(pref, energy, energy * 15_000)
 
 
+def _serve_hour(
+    policy: ContextualPolicy, traffic: LevelPrediction, hour: int, rng: np.random.Generator
+) -> float:
+    """One hour of 200 requests drawn from ``traffic`` (rows 0-499 one kind, 500-999 the
+    other; the mix shifts every 10 hours, the intensity cycles over three), decided by
+    ``policy``: their expected normalized preference."""
+    share = 0.7 if (hour // 10) % 2 else 0.3
+    rows = np.where(
+        rng.random(200) < share, rng.integers(500, 1000, 200), rng.integers(0, 500, 200)
+    )
+    ctx = CarbonContext(150.0 + 100 * (hour % 3), 100.0, 400.0, 250.0)
+    p = LevelPrediction(traffic.pref[rows], traffic.energy_kwh[rows], traffic.time_s[rows])
+    level = policy.decide_batch(p, ctx)
+    return float(p.pref[np.arange(200), level].mean() / p.pref[:, 0].mean())
+
+
 def test_policy_meets_its_floor_on_average(fitted: tuple) -> None:
     """Hour after hour of a changing mix and intensity, the pacer keeps the mean expected
     normalized preference at the floor."""
@@ -289,14 +305,7 @@ def test_policy_meets_its_floor_on_average(fitted: tuple) -> None:
     policy = _policy(model, reference=both, margin=0.2, window=200)
     achieved = []
     for hour in range(120):
-        share = 0.7 if (hour // 10) % 2 else 0.3  # the mix shifts every 10 hours
-        rows = np.where(
-            rng.random(200) < share, rng.integers(500, 1000, 200), rng.integers(0, 500, 200)
-        )
-        ctx = CarbonContext(150.0 + 100 * (hour % 3), 100.0, 400.0, 250.0)
-        p = LevelPrediction(both.pref[rows], both.energy_kwh[rows], both.time_s[rows])
-        level = policy.decide_batch(p, ctx)
-        achieved.append(p.pref[np.arange(200), level].mean() / p.pref[:, 0].mean())
+        achieved.append(_serve_hour(policy, both, hour, rng))
     assert np.mean(achieved[20:]) == pytest.approx(1.2, abs=0.05)  # the floor plus margin
     # One multiplier in grams for every hour: the same prompts get briefer when dirtier.
     batch = LevelPrediction(both.pref[:300], both.energy_kwh[:300], both.time_s[:300])
@@ -326,14 +335,7 @@ def _daily_versions(
             if carry:
                 retrained.take_over(policy)
             policy = retrained
-        share = 0.7 if (hour // 10) % 2 else 0.3
-        rows = np.where(
-            rng.random(200) < share, rng.integers(500, 1000, 200), rng.integers(0, 500, 200)
-        )
-        ctx = CarbonContext(150.0 + 100 * (hour % 3), 100.0, 400.0, 250.0)
-        p = LevelPrediction(traffic.pref[rows], traffic.energy_kwh[rows], traffic.time_s[rows])
-        level = policy.decide_batch(p, ctx)
-        achieved.append(p.pref[np.arange(200), level].mean() / p.pref[:, 0].mean())
+        achieved.append(_serve_hour(policy, traffic, hour, rng))
     return achieved
 
 
