@@ -54,13 +54,18 @@ def uk():
         yield server
 
 
+# The fakes answer at once; these tests do not test timeouts (those set their own), so the
+# clients' timeout is generous enough that a loaded machine cannot fail them.
+_FAKE_TIMEOUT_S = 5.0
+
+
 def _em(server, **kw) -> ElectricityMapsProvider:
-    kw.setdefault("timeout_s", 0.5)
+    kw.setdefault("timeout_s", _FAKE_TIMEOUT_S)
     return ElectricityMapsProvider(kw.pop("key", EM_KEY), base_url=server.url + "/v3", **kw)
 
 
 def _wt(server, **kw) -> WattTimeProvider:
-    kw.setdefault("timeout_s", 0.5)
+    kw.setdefault("timeout_s", _FAKE_TIMEOUT_S)
     return WattTimeProvider(
         kw.pop("user", WT_USER), kw.pop("password", WT_PASSWORD), base_url=server.url, **kw
     )
