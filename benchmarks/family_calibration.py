@@ -94,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return float(1.0 - cost[idx, k].sum() / cost[idx, 0].sum())
 
     everyone = np.arange(rows.size)
+    # Each family's held-out prompts, and a mix giving them about half of the traffic (the
+    # others once, the family five times over).
+    members = {f: np.flatnonzero(family == f) for f in workload.datasets}
+    half_mix = {
+        f: np.concatenate([np.flatnonzero(family != f)] + [mine] * 5) for f, mine in members.items()
+    }
     bench: dict[str, object] = {"ci_g_per_kwh": args.ci, "held_out_log_loss": round(log_loss, 4)}
     print(f"\nCI {args.ci:g} g/kWh; saving % / realised normalized preference %")
     for bound in bounds:
@@ -105,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         per_family = []
         shifted = []
-        for f in workload.datasets:
-            mine = np.flatnonzero(family == f)
+        for f, mine in members.items():
             per_family.append(f"{f} {100 * realised(mine, k[mine]):.0f}")
-            idx = np.concatenate([np.flatnonzero(family != f)] + [mine] * 5)
+            idx = half_mix[f]
             ks = assign(idx, bound)
             shifted.append((realised(idx, ks), saving(idx, ks), f))
         print(line[0])
@@ -131,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print("    family: expected / realised preference %, the gap the verdicts measure, its")
     print("    spread per verdict, and the verdicts a standard error of 0.02 takes")
     evidence: dict[str, object] = {}
-    for f in workload.datasets:
-        mine = np.flatnonzero(family == f)
-        idx = np.concatenate([np.flatnonzero(family != f)] + [mine] * 5)
+    for f, idx in half_mix.items():
         k = assign(idx, DEFAULT_MAX_LOSS)
         p = pref[idx]
         expected = float(p[np.arange(idx.size), k].sum() / p[:, 0].sum())
@@ -157,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each family held to its own floor, its label known (a bound on any kind-aware floor):
     # what the standard mix saves when no family's brevity is paid for by another's.
     k = np.zeros(rows.size, dtype=np.int64)
-    for f in workload.datasets:
-        mine = np.flatnonzero(family == f)
+    for mine in members.values():
         k[mine] = assign(mine, DEFAULT_MAX_LOSS)
     print(
         f"\nmax_loss {DEFAULT_MAX_LOSS:g}, each family held to its own floor (labels known): "
@@ -166,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "    by family: "
-        + ", ".join(
-            f"{f} {100 * realised(m, k[m]):.0f}"
-            for f in workload.datasets
-            for m in [np.flatnonzero(family == f)]
-        )
+        + ", ".join(f"{f} {100 * realised(m, k[m]):.0f}" for f, m in members.items())
     )
     bench["per_family_floor"] = {
         "standard_saving_pct": round(100 * saving(everyone, k), 1),
